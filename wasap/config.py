@@ -1,0 +1,172 @@
+"""Every hyperparameter of a wasap run, its default and its validation, in one place.
+
+Defaults follow the paper's code: learning rate 0.01, momentum 0.9, weight
+decay 2e-4, dropout 0.3, batch 128, epsilon 20, zeta 0.3; Importance Pruning
+every 10 epochs from epoch 200 at the 20th percentile.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .activations import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
+from .topology import INIT_SCHEMES
+
+
+class ConfigError(ValueError):
+    """A hyperparameter is out of range; the message says which and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of a sparse MLP and its training.
+
+    Parameters
+    ----------
+    hidden : tuple of int
+        Hidden layer sizes.
+    activation : str
+        Hidden activation: all-relu, relu, leaky-relu, sigmoid, tanh, identity.
+    alpha : float or None
+        All-ReLU slope (paper eq. 3), or leaky ReLU's slope.
+    epsilon : float
+        Erdős–Rényi sparsity: a layer has about ``epsilon * (n_in + n_out)`` weights.
+    init : str
+        Initial weights: he-uniform, xavier or normal.
+    output_activation, loss : str
+        softmax + cross-entropy (classification), or identity/sigmoid + mse.
+    zeta : float
+        Fraction of each sign's weights that SET removes and regrows per epoch.
+    epochs, batch_size : int
+    lr, momentum, weight_decay, dropout : float
+    importance_pruning : bool
+    ip_start, ip_every : int
+        Importance Pruning runs after epochs ``e >= ip_start`` with ``e % ip_every == 0``.
+    ip_percentile : float
+    seed : int
+        Seeds every random stream: topology, values, shuffling, dropout.
+    threads : int or None
+        Kernel threads per process; None: one per available core.
+    workers : int
+        1: the sequential trainer; K > 1: WASAP-SGD with K workers.
+    sync : bool
+        Synchronous phase one (WASSP-SGD) instead of asynchronous.
+    phase2_start : int or None
+        Epoch at which phase two (independent replicas) starts; None: never.
+    warmup_epochs : int
+        Gradual learning-rate warm-up of the synchronous variant.
+    """
+
+    hidden: tuple = (400, 100, 400)
+    activation: str = "all-relu"
+    alpha: float = 0.5
+    epsilon: float = 20.0
+    init: str = "he-uniform"
+    output_activation: str = "softmax"
+    loss: str = "cross-entropy"
+    zeta: float = 0.3
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    dropout: float = 0.3
+    importance_pruning: bool = False
+    ip_start: int = 200
+    ip_every: int = 10
+    ip_percentile: float = 20.0
+    seed: int = 0
+    threads: int = None
+    workers: int = 1
+    sync: bool = False
+    phase2_start: int = None
+    warmup_epochs: int = 5
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)
+        self.validate()
+
+    def validate(self):
+        """Raise :class:`ConfigError` naming the first value out of range."""
+        for size in self.hidden:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise ConfigError(
+                    f"hidden layer sizes must be positive integers, got {list(self.hidden)}; "
+                    "a hidden layer of 0 neurons would disconnect the network."
+                )
+        _choice("activation", self.activation, HIDDEN_ACTIVATIONS)
+        _choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("init", self.init, INIT_SCHEMES)
+        if self.activation == "all-relu" and (self.alpha is None or not 0 <= self.alpha <= 1):
+            raise ConfigError(f"alpha must be in [0, 1] for all-relu, got {self.alpha}.")
+        if self.output_activation == "softmax" and self.loss != "cross-entropy":
+            raise ConfigError("softmax output goes with loss='cross-entropy'; use identity or sigmoid with mse.")
+        if self.loss == "cross-entropy" and self.output_activation != "softmax":
+            raise ConfigError("loss='cross-entropy' needs output_activation='softmax'.")
+        _positive("epsilon", self.epsilon)
+        _in_range("zeta", self.zeta, 0.0, 1.0)
+        _at_least("epochs", self.epochs, 0)
+        _at_least("batch_size", self.batch_size, 1)
+        _positive("lr", self.lr)
+        _in_range("momentum", self.momentum, 0.0, 1.0, upper_open=True)
+        _at_least("weight_decay", self.weight_decay, 0.0)
+        _in_range("dropout", self.dropout, 0.0, 1.0, upper_open=True)
+        _at_least("ip_start", self.ip_start, 0)
+        _at_least("ip_every", self.ip_every, 1)
+        _in_range("ip_percentile", self.ip_percentile, 0.0, 100.0)
+        if self.threads is not None:
+            _at_least("threads", self.threads, 1)
+        _at_least("workers", self.workers, 1)
+        if self.phase2_start is not None:
+            _at_least("phase2_start", self.phase2_start, 0)
+        _at_least("warmup_epochs", self.warmup_epochs, 0)
+
+    def replace(self, **changes):
+        """A validated copy with some values changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        """Plain JSON-ready dict of every hyperparameter."""
+        values = dataclasses.asdict(self)
+        values["hidden"] = list(self.hidden)
+        return values
+
+    @classmethod
+    def from_dict(cls, values):
+        """Inverse of :meth:`to_dict`; unknown keys are refused by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown hyperparameters {unknown}; known ones: {sorted(known)}.")
+        return cls(**values)
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+
+
+def _number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}.")
+
+
+def _positive(name, value):
+    _number(name, value)
+    if not value > 0 or math.isinf(value):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value}.")
+
+
+def _at_least(name, value, low):
+    _number(name, value)
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}.")
+
+
+def _in_range(name, value, low, high, upper_open=False):
+    _number(name, value)
+    if value < low or value > high or (upper_open and value == high):
+        bracket = ")" if upper_open else "]"
+        raise ConfigError(f"{name} must be in [{low}, {high}{bracket}, got {value}.")

@@ -1,0 +1,525 @@
+"""Sparse layers and the sparse MLP: forward, backward, predict, evolve, save and load.
+
+A :class:`SparseLayer` is a weight matrix ``W`` of shape ``(n_in, n_out)`` that
+exists only as its nonzeros. A :class:`SparseMLP` chains them; its batch
+methods take inputs transposed, ``(n_features, batch)``, and keep every buffer
+in a :class:`Workspace` so that a training step allocates nothing large.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import scipy.sparse
+
+from . import activations, kernels, topology
+
+MODEL_FORMAT = "wasap-model-1"
+
+_HASH_MULTIPLIER = 0x9E3779B97F4A7C15
+_MASK63 = (1 << 63) - 1
+
+
+def stream_seed(*parts):
+    """Mix integers into one seed in [0, 2**63), for independent random streams.
+
+    Dropout of layer ``l`` at step ``t`` under seed ``s`` uses
+    ``stream_seed(s, t, l)``: the same triple always gives the same mask.
+    """
+    value = 0x632BE59BD9B4E019
+    for part in parts:
+        value = ((value ^ (int(part) & ((1 << 64) - 1))) * _HASH_MULTIPLIER) & ((1 << 64) - 1)
+        value ^= value >> 29
+    return value & _MASK63
+
+
+class SparseLayer:
+    """A sparse weight matrix with its bias and momentum buffers.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+    indptr : (n_in + 1,) int64
+    indices : (nnz,) int32
+        Column of each nonzero, ascending within a row.
+    data : (nnz,) float32
+    bias : (n_out,) float32, optional
+        Zeros when omitted.
+    velocity : (nnz,) float32, optional
+        Momentum of the weights; zeros when omitted.
+    bias_velocity : (n_out,) float32, optional
+    """
+
+    def __init__(self, n_in, n_out, indptr, indices, data, bias=None, velocity=None, bias_velocity=None):
+        self.n_in = int(n_in)
+        self.n_out = int(n_out)
+        self.bias = _float32(bias if bias is not None else np.zeros(self.n_out), (self.n_out,), "bias")
+        self.bias_velocity = _float32(
+            bias_velocity if bias_velocity is not None else np.zeros(self.n_out), (self.n_out,), "bias_velocity"
+        )
+        self.set_structure(indptr, indices, data, velocity)
+
+    @classmethod
+    def random(cls, n_in, n_out, epsilon, rng, *, init="he-uniform", warn=True):
+        """An Erdős–Rényi layer, built in O(nnz) (see :func:`wasap.topology.erdos_renyi`)."""
+        indptr, indices, data = topology.erdos_renyi(n_in, n_out, epsilon, rng, init=init, warn=warn)
+        return cls(n_in, n_out, indptr, indices, data)
+
+    def set_structure(self, indptr, indices, data, velocity=None):
+        """Replace the nonzeros (after an evolution or a pruning) and rebuild the column view."""
+        indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+        indices = np.ascontiguousarray(indices, dtype=np.int32)
+        if indptr.shape != (self.n_in + 1,) or indptr[0] != 0 or indptr[-1] != indices.shape[0]:
+            raise ValueError(f"indptr must have shape ({self.n_in + 1},), start at 0 and end at nnz.")
+        nnz = indices.shape[0]
+        self.indptr = indptr
+        self.indices = indices
+        self.data = _float32(data, (nnz,), "data")
+        self.velocity = _float32(velocity if velocity is not None else np.zeros(nnz), (nnz,), "velocity")
+        self.col_indptr, self.col_rows, self.col_perm = kernels.column_view(indptr, indices, self.n_out)
+
+    @property
+    def nnz(self):
+        """Number of weights."""
+        return int(self.indices.shape[0])
+
+    @property
+    def density(self):
+        """nnz over the dense layout's size."""
+        return self.nnz / (self.n_in * self.n_out)
+
+    def keys(self):
+        """Positions ``row * n_out + col`` of the nonzeros, ``(nnz,)`` int64 ascending."""
+        return topology.keys_from_csr(self.indptr, self.indices, self.n_out)
+
+    def to_scipy(self):
+        """The weights as a ``scipy.sparse.csr_matrix`` of shape ``(n_in, n_out)`` (a copy)."""
+        return scipy.sparse.csr_matrix(
+            (self.data.copy(), self.indices.copy(), self.indptr.copy()), shape=(self.n_in, self.n_out)
+        )
+
+    def copy(self):
+        """An independent copy, momentum included."""
+        return SparseLayer(self.n_in, self.n_out, self.indptr.copy(), self.indices.copy(), self.data.copy(),
+                           self.bias.copy(), self.velocity.copy(), self.bias_velocity.copy())
+
+    def __repr__(self):
+        return f"SparseLayer({self.n_in} -> {self.n_out}, nnz={self.nnz}, density={self.density:.4g})"
+
+
+def _float32(values, shape, name):
+    array = np.ascontiguousarray(values, dtype=np.float32)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}.")
+    return array.copy() if array is values else array
+
+
+class Workspace:
+    """Preallocated per-layer buffers of one batch size, all ``(neurons, batch)`` float32.
+
+    ``activations[l]`` is the output of layer ``l`` (1-based; index 0 is the
+    caller's input), ``derivs[l]`` holds ``f'(z_l)`` times the dropout mask and
+    is overwritten in place by the backward pass with ``delta_l`` (the two are
+    never needed at once), ``delta_out`` is the loss gradient at the output.
+    """
+
+    def __init__(self, sizes, batch, *, training):
+        self.batch = int(batch)
+        self.training = training
+        self.activations = [None] + [np.empty((n, batch), dtype=np.float32) for n in sizes[1:]]
+        empty = np.empty((0, 0), dtype=np.float32)
+        self.derivs = [empty] + [np.empty((n, batch), dtype=np.float32) if training else empty for n in sizes[1:]]
+        self.delta_out = np.empty((sizes[-1], batch), dtype=np.float32) if training else empty
+
+
+class SparseMLP:
+    """A multilayer perceptron whose weight matrices exist only as their nonzeros.
+
+    Parameters
+    ----------
+    layers : list of SparseLayer
+        Consecutive layers: ``layers[i].n_out == layers[i + 1].n_in``.
+    activation : str
+        Hidden activation (see :data:`wasap.activations.HIDDEN_ACTIVATIONS`).
+    alpha : float or None
+        All-ReLU / leaky ReLU slope.
+    output_activation : {"softmax", "sigmoid", "identity"}
+    loss : {"cross-entropy", "mse"}
+
+    Examples
+    --------
+    >>> model = SparseMLP.random([500, 400, 100, 400, 2], epsilon=10, alpha=0.5, seed=1)
+    >>> model.nnz_per_layer()  # doctest: +SKIP
+    [8995, 4998, 5000, 800]
+    """
+
+    def __init__(self, layers, *, activation="all-relu", alpha=0.5, output_activation="softmax",
+                 loss="cross-entropy"):
+        for below, above in zip(layers, layers[1:]):
+            if below.n_out != above.n_in:
+                raise ValueError(f"layers do not chain: {below!r} then {above!r}.")
+        self.layers = list(layers)
+        self.activation = activation
+        self.alpha = alpha
+        self.output_activation = output_activation
+        self.loss = loss
+        hidden = activations.hidden_activation_codes(activation, alpha, len(layers) - 1)
+        self._codes = hidden + [activations.output_activation_code(output_activation)]
+        self._workspaces = {}
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def random(cls, sizes, *, epsilon=20.0, activation="all-relu", alpha=0.5, init="he-uniform",
+               output_activation="softmax", loss="cross-entropy", seed=0, warn=True):
+        """A network of Erdős–Rényi sparse layers.
+
+        Parameters
+        ----------
+        sizes : sequence of int
+            ``[n_features, hidden..., n_outputs]``.
+        epsilon : float
+        activation, alpha, output_activation, loss
+            See the class.
+        init : {"he-uniform", "xavier", "normal"}
+        seed : int or numpy.random.Generator
+        warn : bool
+            Warn when epsilon makes a layer dense.
+        """
+        sizes = [int(n) for n in sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"sizes must list at least 2 positive layer sizes, got {sizes}.")
+        rng = np.random.default_rng(seed)
+        # A dense output layer is the norm (epsilon * (n + classes) exceeds n * classes
+        # for a handful of classes), so only hidden layers warn when capped.
+        last = len(sizes) - 2
+        layers = [SparseLayer.random(n_in, n_out, epsilon, rng, init=init, warn=warn and l < last)
+                  for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:]))]
+        return cls(layers, activation=activation, alpha=alpha, output_activation=output_activation, loss=loss)
+
+    @classmethod
+    def from_config(cls, n_features, n_outputs, config, *, warn=True):
+        """The network a :class:`wasap.config.TrainConfig` describes, seeded with ``config.seed``."""
+        return cls.random([n_features, *config.hidden, n_outputs], epsilon=config.epsilon,
+                          activation=config.activation, alpha=config.alpha, init=config.init,
+                          output_activation=config.output_activation, loss=config.loss,
+                          seed=config.seed, warn=warn)
+
+    # -- shape ---------------------------------------------------------------------------------
+
+    @property
+    def sizes(self):
+        """Layer sizes ``[n_features, hidden..., n_outputs]``."""
+        return [self.layers[0].n_in] + [layer.n_out for layer in self.layers]
+
+    @property
+    def n_features(self):
+        return self.layers[0].n_in
+
+    @property
+    def n_outputs(self):
+        return self.layers[-1].n_out
+
+    @property
+    def nnz(self):
+        """Total number of weights."""
+        return sum(layer.nnz for layer in self.layers)
+
+    def nnz_per_layer(self):
+        """Weights of each layer, as a list of int."""
+        return [layer.nnz for layer in self.layers]
+
+    def __repr__(self):
+        sizes = "-".join(str(n) for n in self.sizes)
+        return (f"SparseMLP({sizes}, nnz={self.nnz}, activation={self.activation!r}, alpha={self.alpha}, "
+                f"output={self.output_activation!r}, loss={self.loss!r})")
+
+    def workspace(self, batch, *, training):
+        """The cached :class:`Workspace` of this batch size and mode."""
+        key = (int(batch), bool(training))
+        ws = self._workspaces.get(key)
+        if ws is None:
+            if len(self._workspaces) > 8:
+                self._workspaces.clear()
+            ws = self._workspaces[key] = Workspace(self.sizes, batch, training=training)
+        return ws
+
+    def release_workspaces(self):
+        """Free the cached batch buffers (they are rebuilt on demand)."""
+        self._workspaces.clear()
+
+    # -- passes ----------------------------------------------------------------------------------
+
+    def forward(self, x_t, ws, *, dropout=0.0, dropout_seed=0):
+        """Forward pass of one batch.
+
+        Parameters
+        ----------
+        x_t : (n_features, batch) float32, C-contiguous
+            The batch, transposed.
+        ws : Workspace
+            Of this batch size; a training workspace also records derivatives.
+        dropout : float
+            Inverted dropout rate on the hidden layers (training only).
+        dropout_seed : int
+            Seed of this step's masks (see :func:`stream_seed`).
+
+        Returns
+        -------
+        (n_outputs, batch) float32
+            The last layer's output: logits for softmax, else its activation.
+        """
+        full = kernels.DROPOUT_RESOLUTION
+        keep_threshold = int(round((1.0 - dropout) * full)) if ws.training else full
+        keep_scale = 1.0 / (1.0 - dropout) if keep_threshold < full else 1.0
+        a_prev = x_t
+        last = len(self.layers) - 1
+        for l, layer in enumerate(self.layers):
+            act, slope = self._codes[l]
+            a_out = ws.activations[l + 1]
+            kernels.forward_layer(
+                layer.col_indptr, layer.col_rows, layer.col_perm, layer.data, layer.bias, a_prev, act, slope,
+                a_out, ws.derivs[l + 1], ws.training,
+                full if l == last else keep_threshold, 1.0 if l == last else keep_scale,
+                stream_seed(dropout_seed, l),
+            )
+            a_prev = a_out
+        return a_prev
+
+    def loss_and_delta(self, output, target, ws):
+        """Loss of a batch and ``delta_L`` written into ``ws.delta_out``.
+
+        Parameters
+        ----------
+        output : (n_outputs, batch) float32
+        target : (batch,) int class indices (cross-entropy) or (n_outputs, batch) float32 (mse)
+        ws : Workspace
+
+        Returns
+        -------
+        loss : float
+        n_correct : int
+            Correctly classified samples (0 for mse).
+        """
+        if self.loss == "cross-entropy":
+            loss, _, delta = activations.softmax_cross_entropy(output, target)
+            n_correct = int(np.count_nonzero(output.argmax(axis=0) == target))
+        else:
+            loss, delta = activations.mean_squared_error(output, ws.derivs[-1], target)
+            n_correct = 0
+        ws.delta_out[...] = delta
+        return loss, n_correct
+
+    def backward(self, x_t, ws, *, lr=0.0, momentum=0.0, weight_decay=0.0, grads=None, bias_grads=None):
+        """Backward pass after :meth:`forward` and :meth:`loss_and_delta`.
+
+        With ``grads`` None the weights are updated in place (momentum SGD, fused
+        in the kernel) and so are the biases; otherwise the gradients are written
+        to ``grads[l]`` ``(nnz_l,)`` and ``bias_grads[l]`` ``(n_out_l,)`` and the
+        model is left unchanged.
+        """
+        update = grads is None
+        mode = kernels.MODE_UPDATE if update else kernels.MODE_GRADIENT
+        empty = np.empty(0, dtype=np.float32)
+        delta = ws.delta_out
+        for l in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[l]
+            a_prev = ws.activations[l] if l > 0 else x_t
+            below = ws.derivs[l]
+            kernels.backward_layer(
+                layer.indptr, layer.indices, layer.data, layer.velocity, a_prev, delta, below, below,
+                l > 0, mode, empty if update else grads[l], lr, momentum, weight_decay,
+            )
+            bias_grad = delta.sum(axis=1)
+            if update:
+                layer.bias_velocity *= np.float32(momentum)
+                layer.bias_velocity -= np.float32(lr) * bias_grad
+                layer.bias += layer.bias_velocity
+            else:
+                bias_grads[l][...] = bias_grad
+            delta = below
+
+    def train_batch(self, x_t, target, *, lr, momentum, weight_decay, dropout=0.0, dropout_seed=0):
+        """One momentum SGD step on a batch; returns ``(loss, n_correct)``.
+
+        Parameters
+        ----------
+        x_t : (n_features, batch) float32
+        target : (batch,) int or (n_outputs, batch) float32
+        lr, momentum, weight_decay, dropout : float
+        dropout_seed : int
+        """
+        ws = self.workspace(x_t.shape[1], training=True)
+        output = self.forward(x_t, ws, dropout=dropout, dropout_seed=dropout_seed)
+        loss, n_correct = self.loss_and_delta(output, target, ws)
+        self.backward(x_t, ws, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return loss, n_correct
+
+    def gradient_batch(self, x_t, target, grads, bias_grads, *, dropout=0.0, dropout_seed=0):
+        """Gradients of a batch's mean loss, written into ``grads``/``bias_grads``; returns ``(loss, n_correct)``."""
+        ws = self.workspace(x_t.shape[1], training=True)
+        output = self.forward(x_t, ws, dropout=dropout, dropout_seed=dropout_seed)
+        loss, n_correct = self.loss_and_delta(output, target, ws)
+        self.backward(x_t, ws, grads=grads, bias_grads=bias_grads)
+        return loss, n_correct
+
+    # -- inference ---------------------------------------------------------------------------------
+
+    def eval_batch_size(self):
+        """Rows per inference batch: large, but a batch of the widest layer stays near 256 MB."""
+        widest = max(self.sizes)
+        return int(max(1, min(1024, (64 << 20) // widest)))
+
+    def predict_output(self, X, batch_size=None):
+        """Network outputs for rows of ``X``.
+
+        Parameters
+        ----------
+        X : (n_samples, n_features) float32
+        batch_size : int, optional
+
+        Returns
+        -------
+        (n_samples, n_outputs) float32
+            Class probabilities for softmax, else the output activations.
+        """
+        X = np.asarray(X, dtype=np.float32)
+        batch_size = batch_size or self.eval_batch_size()
+        out = np.empty((X.shape[0], self.n_outputs), dtype=np.float32)
+        for start in range(0, X.shape[0], batch_size):
+            x_t = np.ascontiguousarray(X[start:start + batch_size].T)
+            output = self.forward(x_t, self.workspace(x_t.shape[1], training=False))
+            if self.output_activation == "softmax":
+                output = activations.softmax(output.copy())
+            out[start:start + x_t.shape[1]] = output.T
+        return out
+
+    def evaluate(self, X, y, batch_size=None):
+        """Mean loss and accuracy on ``X``, ``y``.
+
+        Parameters
+        ----------
+        X : (n_samples, n_features) float32
+        y : (n_samples,) int class indices, or (n_samples, n_outputs) float targets for mse
+
+        Returns
+        -------
+        loss : float
+        accuracy : float
+            Fraction correct (NaN for mse).
+        """
+        output = self.predict_output(X, batch_size)
+        if self.loss == "cross-entropy":
+            y = np.asarray(y)
+            picked = output[np.arange(y.shape[0]), y]
+            loss = float(-np.mean(np.log(np.maximum(picked, 1e-30))))
+            return loss, float(np.mean(output.argmax(axis=1) == y))
+        target = np.asarray(y, dtype=np.float32).reshape(output.shape)
+        return float(0.5 * np.mean(np.sum((output - target) ** 2, axis=1))), float("nan")
+
+    # -- topology ----------------------------------------------------------------------------------
+
+    def evolve(self, zeta, rng, *, init="he-uniform"):
+        """One SET step on every layer (see :func:`wasap.topology.set_evolution`)."""
+        for layer in self.layers:
+            layer.set_structure(*topology.set_evolution(layer.indptr, layer.indices, layer.data, layer.velocity,
+                                                        layer.n_out, zeta, rng, init=init))
+
+    def importance_prune(self, percentile):
+        """Importance Pruning of every hidden layer's neurons; returns the pruned neurons per hidden layer."""
+        pruned = []
+        for layer in self.layers[:-1]:
+            *arrays, neurons = topology.importance_pruning(layer.indptr, layer.indices, layer.data,
+                                                           layer.velocity, layer.n_out, percentile)
+            layer.set_structure(*arrays)
+            pruned.append(neurons)
+        return pruned
+
+    def layer_matrix(self, index):
+        """Layer ``index``'s weights as a ``scipy.sparse.csr_matrix`` ``(n_in, n_out)``."""
+        return self.layers[index].to_scipy()
+
+    def copy(self):
+        """An independent copy of the model."""
+        return SparseMLP([layer.copy() for layer in self.layers], activation=self.activation, alpha=self.alpha,
+                         output_activation=self.output_activation, loss=self.loss)
+
+    def is_finite(self):
+        """True when every weight and bias is finite."""
+        return all(np.isfinite(layer.data).all() and np.isfinite(layer.bias).all() for layer in self.layers)
+
+    # -- persistence ---------------------------------------------------------------------------------
+
+    def save(self, path, *, metadata=None, classes=None, include_momentum=False):
+        """Write the model to ``path`` (.npz), atomically: a crash never leaves half a file.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        metadata : dict, optional
+            JSON-serialisable extras (a run's config, say), returned by :meth:`load`'s ``metadata``.
+        classes : array-like, optional
+            The labels behind the class indices.
+        include_momentum : bool
+            Also store momentum buffers, to resume training exactly.
+        """
+        header = dict(format=MODEL_FORMAT, sizes=self.sizes, activation=self.activation, alpha=self.alpha,
+                      output_activation=self.output_activation, loss=self.loss, metadata=metadata or {})
+        arrays = {"header": np.array(json.dumps(header))}
+        if classes is not None:
+            arrays["classes"] = np.asarray(classes)
+        for l, layer in enumerate(self.layers):
+            arrays[f"indptr_{l}"] = layer.indptr
+            arrays[f"indices_{l}"] = layer.indices
+            arrays[f"data_{l}"] = layer.data
+            arrays[f"bias_{l}"] = layer.bias
+            if include_momentum:
+                arrays[f"velocity_{l}"] = layer.velocity
+                arrays[f"bias_velocity_{l}"] = layer.bias_velocity
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        handle, temporary = tempfile.mkstemp(prefix=".wasap-", suffix=".npz.tmp", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.savez(stream, **arrays)
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`.
+
+        Returns
+        -------
+        model : SparseMLP
+            Also carries ``model.metadata`` (dict) and ``model.classes`` (array or None).
+        """
+        path = os.fspath(path)
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read a wasap model from {path!r}: {error}") from error
+        with archive:
+            if "header" not in archive.files:
+                raise ValueError(f"{path!r} is an .npz file but not a wasap model (no 'header' entry).")
+            header = json.loads(str(archive["header"]))
+            if header.get("format") != MODEL_FORMAT:
+                raise ValueError(f"{path!r} has model format {header.get('format')!r}; this wasap reads "
+                                 f"{MODEL_FORMAT!r}.")
+            sizes = header["sizes"]
+            layers = []
+            for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+                velocity = archive[f"velocity_{l}"] if f"velocity_{l}" in archive.files else None
+                bias_velocity = archive[f"bias_velocity_{l}"] if f"bias_velocity_{l}" in archive.files else None
+                layers.append(SparseLayer(n_in, n_out, archive[f"indptr_{l}"], archive[f"indices_{l}"],
+                                          archive[f"data_{l}"], archive[f"bias_{l}"], velocity, bias_velocity))
+            classes = archive["classes"] if "classes" in archive.files else None
+        model = cls(layers, activation=header["activation"], alpha=header["alpha"],
+                    output_activation=header["output_activation"], loss=header["loss"])
+        model.metadata = header.get("metadata", {})
+        model.classes = classes
+        return model

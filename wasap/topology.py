@@ -1,0 +1,396 @@
+"""Sparse topologies: Erdős–Rényi initialisation, SET evolution, Importance Pruning.
+
+Everything here is O(nnz) in time and memory: a connection is identified by its
+*key* ``row * n_out + col`` (int64, so layers beyond 2**31 positions work), and
+no structure of size ``n_in x n_out`` is ever built. Functions take and return
+plain arrays in row order (CSR: ``indptr``, ``indices``, values), which is also
+ascending key order, and never modify their inputs; nothing here knows about
+processes or shared memory.
+"""
+
+import math
+import warnings
+
+import numpy as np
+
+from .kernels import merge_sorted_keys
+
+INIT_SCHEMES = ("he-uniform", "xavier", "normal")
+
+#: Above this density, empty positions are enumerated instead of drawn by
+#: rejection: the complement then has at most as many keys as the layer.
+_DENSE_ENOUGH_TO_ENUMERATE = 0.5
+
+
+class DensityCapWarning(UserWarning):
+    """epsilon asked for more connections than a layer can hold."""
+
+
+def erdos_renyi_nnz(n_in, n_out, epsilon, *, warn=True):
+    """Number of connections of an Erdős–Rényi sparse layer (SET).
+
+    The density is ``epsilon * (n_in + n_out) / (n_in * n_out)``, capped at 1.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+    epsilon : float
+    warn : bool
+        Emit a :class:`DensityCapWarning` when the cap applies.
+
+    Returns
+    -------
+    int
+        Connections, at least 1 and at most ``n_in * n_out``.
+    """
+    total = n_in * n_out
+    wanted = epsilon * (n_in + n_out)
+    if wanted >= total:
+        if warn and wanted > total:
+            warnings.warn(
+                f"epsilon={epsilon} asks for {wanted:.0f} connections in a {n_in}x{n_out} layer that holds "
+                f"{total}: the layer is dense (density capped at 1). Lower epsilon below "
+                f"{total / (n_in + n_out):.3g} to keep it sparse.",
+                DensityCapWarning,
+                stacklevel=3,
+            )
+        return total
+    return max(1, int(round(wanted)))
+
+
+def initial_values(count, n_in, n_out, scheme, rng):
+    """Draw initial weight values.
+
+    Parameters
+    ----------
+    count : int
+    n_in, n_out : int
+        Fan-in and fan-out of the dense layout.
+    scheme : {"he-uniform", "xavier", "normal"}
+        He-uniform: U(-sqrt(6/n_in), sqrt(6/n_in)); Xavier (Glorot) uniform:
+        U(-sqrt(6/(n_in+n_out)), ...); normal: N(0, 0.1).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    (count,) float32
+    """
+    if scheme == "he-uniform":
+        limit = math.sqrt(6.0 / n_in)
+    elif scheme == "xavier":
+        limit = math.sqrt(6.0 / (n_in + n_out))
+    elif scheme == "normal":
+        return (rng.standard_normal(count, dtype=np.float32) * np.float32(0.1)).astype(np.float32)
+    else:
+        raise ValueError(f"Unknown init {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}.")
+    values = rng.random(count, dtype=np.float32)
+    values *= np.float32(2.0 * limit)
+    values -= np.float32(limit)
+    return values
+
+
+def sample_empty_keys(count, n_in, n_out, occupied, rng):
+    """Draw ``count`` distinct positions, uniformly among those not occupied.
+
+    Parameters
+    ----------
+    count : int
+    n_in, n_out : int
+    occupied : (m,) int64, sorted
+        Keys already taken.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    (count,) int64, sorted
+    """
+    total = n_in * n_out
+    free = total - occupied.shape[0]
+    if count > free:
+        raise ValueError(f"cannot place {count} connections: only {free} empty positions in a {n_in}x{n_out} layer.")
+    if count == 0:
+        return np.empty(0, dtype=np.int64)
+    if occupied.shape[0] + count > _DENSE_ENOUGH_TO_ENUMERATE * total:
+        # Nearly full: rejection would spin; the complement is O(nnz) here.
+        empty = np.setdiff1d(np.arange(total, dtype=np.int64), occupied, assume_unique=True)
+        return np.sort(rng.choice(empty, size=count, replace=False))
+    chosen = np.empty(0, dtype=np.int64)
+    while chosen.shape[0] < count:
+        missing = count - chosen.shape[0]
+        # Oversample so that one round nearly always suffices.
+        draw = rng.integers(0, total, size=int(missing * 1.1) + 16, dtype=np.int64)
+        draw = np.unique(draw)
+        draw = draw[~_contains(occupied, draw)]
+        draw = draw[~_contains(chosen, draw)]
+        if draw.shape[0] > missing:
+            draw = rng.choice(draw, size=missing, replace=False)
+        chosen = np.union1d(chosen, draw)
+    return chosen
+
+
+def _contains(sorted_keys, queries):
+    """Boolean mask: which ``queries`` are in ``sorted_keys`` (binary search)."""
+    if sorted_keys.shape[0] == 0:
+        return np.zeros(queries.shape[0], dtype=bool)
+    where = np.searchsorted(sorted_keys, queries)
+    where[where == sorted_keys.shape[0]] = 0
+    return sorted_keys[where] == queries
+
+
+def keys_from_csr(indptr, indices, n_out):
+    """Keys ``row * n_out + col`` of a CSR layer, ascending.
+
+    Parameters
+    ----------
+    indptr : (n_in + 1,) int64
+    indices : (nnz,) int32
+    n_out : int
+
+    Returns
+    -------
+    (nnz,) int64
+    """
+    rows = np.repeat(np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr))
+    return rows * np.int64(n_out) + indices.astype(np.int64)
+
+
+def csr_from_keys(keys, n_in, n_out):
+    """CSR structure of ascending keys.
+
+    Parameters
+    ----------
+    keys : (nnz,) int64, sorted
+    n_in, n_out : int
+
+    Returns
+    -------
+    indptr : (n_in + 1,) int64
+    indices : (nnz,) int32
+    """
+    rows = keys // np.int64(n_out)
+    indices = (keys - rows * np.int64(n_out)).astype(np.int32)
+    indptr = np.zeros(n_in + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_in), out=indptr[1:])
+    return indptr, indices
+
+
+def erdos_renyi(n_in, n_out, epsilon, rng, *, init="he-uniform", warn=True):
+    """A random sparse layer with Erdős–Rényi topology, in O(nnz).
+
+    Parameters
+    ----------
+    n_in, n_out : int
+    epsilon : float
+        Sparsity parameter (see :func:`erdos_renyi_nnz`).
+    rng : numpy.random.Generator
+    init : str
+        Initial values, see :func:`initial_values`.
+    warn : bool
+
+    Returns
+    -------
+    indptr : (n_in + 1,) int64
+    indices : (nnz,) int32
+    data : (nnz,) float32
+    """
+    nnz = erdos_renyi_nnz(n_in, n_out, epsilon, warn=warn)
+    keys = sample_empty_keys(nnz, n_in, n_out, np.empty(0, dtype=np.int64), rng)
+    indptr, indices = csr_from_keys(keys, n_in, n_out)
+    return indptr, indices, initial_values(nnz, n_in, n_out, init, rng)
+
+
+def magnitude_removal_mask(data, zeta):
+    """Which connections SET removes: per sign, the ``zeta`` fraction closest to zero.
+
+    Among the ``P`` positive weights the ``floor(zeta * P)`` smallest go, among
+    the ``N`` negative weights the ``floor(zeta * N)`` largest (closest to zero)
+    go, and exact zeros always go (they carry nothing).
+
+    Parameters
+    ----------
+    data : (nnz,) float
+    zeta : float in [0, 1]
+
+    Returns
+    -------
+    (nnz,) bool
+        True where the connection is removed.
+    """
+    remove = data == 0
+    for sign in (1.0, -1.0):
+        where = np.flatnonzero(data * sign > 0)
+        count = int(zeta * where.shape[0])
+        if count == 0:
+            continue
+        magnitudes = np.abs(data[where])
+        if count < where.shape[0]:
+            smallest = np.argpartition(magnitudes, count - 1)[:count]
+        else:
+            smallest = np.arange(where.shape[0])
+        remove[where[smallest]] = True
+    return remove
+
+
+def set_evolution(indptr, indices, data, velocity, n_out, zeta, rng, *, init="he-uniform"):
+    """One SET step: remove by magnitude per sign, regrow as many at random.
+
+    Removes :func:`magnitude_removal_mask`'s connections and regrows the same
+    number at positions drawn uniformly among the empty ones (the just-removed
+    positions are empty again and may be drawn), with fresh initial values and
+    zero momentum. Survivors keep their value and momentum; nnz is unchanged.
+    A dense layer (no empty position ever) is returned as it is.
+
+    Parameters
+    ----------
+    indptr : (n_in + 1,) int64
+    indices : (nnz,) int32
+    data : (nnz,) float32
+    velocity : (nnz,) float32
+        Momentum aligned with ``data``.
+    n_out : int
+    zeta : float
+    rng : numpy.random.Generator
+    init : str
+
+    Returns
+    -------
+    indptr, indices, data, velocity
+        The new layer, in row order.
+    """
+    n_in = indptr.shape[0] - 1
+    if indices.shape[0] == n_in * n_out:
+        return indptr, indices, data, velocity
+    keys = keys_from_csr(indptr, indices, n_out)
+    keep = ~magnitude_removal_mask(data, zeta)
+    kept_keys = keys[keep]
+    n_new = keys.shape[0] - kept_keys.shape[0]
+    new_keys = sample_empty_keys(n_new, n_in, n_out, kept_keys, rng)
+    merged, source = merge_sorted_keys(kept_keys, new_keys)
+    from_old = source >= 0
+    new_data = np.empty(merged.shape[0], dtype=np.float32)
+    new_velocity = np.zeros(merged.shape[0], dtype=np.float32)
+    new_data[from_old] = data[keep][source[from_old]]
+    new_velocity[from_old] = velocity[keep][source[from_old]]
+    # Fresh values are laid out in key order of the new connections.
+    fresh = initial_values(n_new, n_in, n_out, init, rng)
+    new_data[~from_old] = fresh[-source[~from_old] - 1]
+    new_indptr, new_indices = csr_from_keys(merged, n_in, n_out)
+    return new_indptr, new_indices, new_data, new_velocity
+
+
+def neuron_importance(indices, data, n_out):
+    """Importance of each output neuron: the sum of |w| of its incoming connections (paper eq. 4).
+
+    Parameters
+    ----------
+    indices : (nnz,) int32
+    data : (nnz,) float
+    n_out : int
+
+    Returns
+    -------
+    (n_out,) float64
+    """
+    return np.bincount(indices, weights=np.abs(data), minlength=n_out)
+
+
+def importance_pruning(indptr, indices, data, velocity, n_out, percentile):
+    """Importance Pruning (Algorithm 2): cut the incoming weights of unimportant neurons.
+
+    Neurons whose importance is at or below the ``percentile``-th percentile of
+    the layer's importances (numpy's linear interpolation; neurons already
+    without connections count, with importance 0) lose every incoming
+    connection. nnz shrinks for good.
+
+    Parameters
+    ----------
+    indptr : (n_in + 1,) int64
+    indices : (nnz,) int32
+    data, velocity : (nnz,) float32
+    n_out : int
+    percentile : float in [0, 100]
+
+    Returns
+    -------
+    indptr, indices, data, velocity
+        The pruned layer.
+    pruned : (n_pruned,) int64
+        The neurons at or below the threshold.
+    """
+    importance = neuron_importance(indices, data, n_out)
+    threshold = np.percentile(importance, percentile)
+    pruned = np.flatnonzero(importance <= threshold)
+    is_pruned = np.zeros(n_out, dtype=bool)
+    is_pruned[pruned] = True
+    keep = ~is_pruned[indices]
+    return (*_select(indptr, indices, keep), data[keep], velocity[keep], pruned)
+
+
+def _select(indptr, indices, keep):
+    """CSR structure of the kept nonzeros (order preserved)."""
+    n_in = indptr.shape[0] - 1
+    rows = np.repeat(np.arange(n_in, dtype=np.int64), np.diff(indptr))
+    new_indptr = np.zeros(n_in + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=n_in), out=new_indptr[1:])
+    return new_indptr, indices[keep]
+
+
+def keep_largest(keys, values, count):
+    """Keep the ``count`` largest-magnitude entries (ties broken by lower key).
+
+    Parameters
+    ----------
+    keys : (m,) int64, sorted
+    values : (m,) float
+    count : int
+
+    Returns
+    -------
+    keys : (min(m, count),) int64, sorted
+    values : (min(m, count),) float
+    """
+    if count >= keys.shape[0]:
+        return keys, values
+    order = np.lexsort((keys, -np.abs(values)))[:count]
+    order.sort()
+    return keys[order], values[order]
+
+
+def average_layers(key_sets, value_sets):
+    """Average layers over the union of their topologies; a missing connection counts as 0.
+
+    Parameters
+    ----------
+    key_sets : list of (m_i,) int64, each sorted
+    value_sets : list of (m_i,) float
+
+    Returns
+    -------
+    keys : (m,) int64, sorted union
+    values : (m,) float32
+        Sum of each key's values divided by the number of layers.
+    """
+    keys = np.unique(np.concatenate(key_sets))
+    total = np.zeros(keys.shape[0], dtype=np.float64)
+    for layer_keys, layer_values in zip(key_sets, value_sets):
+        total[np.searchsorted(keys, layer_keys)] += layer_values
+    return keys, (total / len(key_sets)).astype(np.float32)
+
+
+def remap(old_keys, new_keys):
+    """Where each old connection sits in the new topology.
+
+    Parameters
+    ----------
+    old_keys : (m_old,) int64, sorted
+    new_keys : (m_new,) int64, sorted
+
+    Returns
+    -------
+    (m_old,) int64
+        Index into the new order, or -1 where the connection no longer exists.
+    """
+    where = np.searchsorted(new_keys, old_keys)
+    where[where == new_keys.shape[0]] = 0
+    found = new_keys[where] == old_keys if new_keys.shape[0] else np.zeros(old_keys.shape[0], dtype=bool)
+    return np.where(found, where, -1)

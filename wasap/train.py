@@ -1,0 +1,224 @@
+"""The sequential trainer: the reference that the parallel trainer is tested against.
+
+:class:`SequentialTrainer` does the work of one epoch (shuffle, batches, SET,
+Importance Pruning); :func:`fit` runs the epochs around any such trainer:
+evaluation, metrics, progress bars, Ctrl-C, divergence and the output folder.
+"""
+
+import math
+import os
+import time
+
+import numpy as np
+
+from . import kernels
+from .model import SparseMLP, stream_seed
+from .records import RunRecorder
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite."""
+
+
+def default_threads():
+    """One kernel thread per idle core this process may use, at least one.
+
+    numba's threads slow down many-fold when another process competes for
+    their cores, so busy cores (by the 1-minute load average) are left out.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = int(math.floor(os.getloadavg()[0] + 0.5))
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy + 1))
+
+
+def batches_of(order, batch_size):
+    """Split a sample order into consecutive batches; the last may be smaller."""
+    return [order[start:start + batch_size] for start in range(0, order.shape[0], batch_size)]
+
+
+def gather_transposed(X, rows, out=None):
+    """Rows of ``X`` as a ``(n_features, len(rows))`` C-contiguous float32 block (the kernels' layout)."""
+    block = np.take(X, rows, axis=0)
+    if out is None or out.shape != (X.shape[1], rows.shape[0]):
+        return np.ascontiguousarray(block.T)
+    out[...] = block.T
+    return out
+
+
+class SequentialTrainer:
+    """Trains a :class:`~wasap.model.SparseMLP` one batch after another.
+
+    Parameters
+    ----------
+    model : SparseMLP
+    config : wasap.config.TrainConfig
+        Uses batch_size, lr, momentum, weight_decay, dropout, zeta, init,
+        importance_pruning, ip_start, ip_every, ip_percentile and seed.
+
+    Attributes
+    ----------
+    step : int
+        Batches trained so far (seeds each batch's dropout masks).
+    """
+
+    def __init__(self, model, config):
+        self.model = model
+        self.config = config
+        self.rng = np.random.default_rng(stream_seed(config.seed, 0x5E7))
+        self.step = 0
+
+    def train_epoch(self, X, y, *, progress=None):
+        """One pass over the data in a fresh random order.
+
+        Parameters
+        ----------
+        X : (n_samples, n_features) float32
+        y : (n_samples,) int class indices, or (n_samples, n_outputs) float32 targets (mse)
+        progress : callable, optional
+            Called with the number of samples done after each batch.
+
+        Returns
+        -------
+        loss : float
+            Mean training loss over the epoch's batches (with dropout).
+        accuracy : float
+            Training accuracy over the epoch (NaN for mse).
+
+        Raises
+        ------
+        TrainingDiverged
+            As soon as a batch's loss is not finite.
+        """
+        cfg = self.config
+        model = self.model
+        regression = model.loss != "cross-entropy"
+        total_loss = 0.0
+        total_correct = 0
+        for rows in batches_of(self.rng.permutation(X.shape[0]), cfg.batch_size):
+            x_t = gather_transposed(X, rows)
+            target = np.ascontiguousarray(y[rows].T, dtype=np.float32) if regression else y[rows]
+            loss, n_correct = model.train_batch(
+                x_t, target, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                dropout=cfg.dropout, dropout_seed=stream_seed(cfg.seed, self.step),
+            )
+            self.step += 1
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"the loss became {loss} at step {self.step}")
+            total_loss += loss * rows.shape[0]
+            total_correct += n_correct
+            if progress is not None:
+                progress(rows.shape[0])
+        n = X.shape[0]
+        return total_loss / n, (float("nan") if regression else total_correct / n)
+
+    def evolve(self):
+        """One SET step on every layer."""
+        self.model.evolve(self.config.zeta, self.rng, init=self.config.init)
+
+    def importance_pruning_due(self, epoch):
+        """Whether Importance Pruning runs after ``epoch`` (1-based)."""
+        cfg = self.config
+        return cfg.importance_pruning and epoch >= cfg.ip_start and epoch % cfg.ip_every == 0
+
+    def end_of_epoch(self, epoch, last):
+        """Topology changes after ``epoch``: Importance Pruning when due, then SET; none after the last."""
+        if last:
+            return
+        if self.importance_pruning_due(epoch):
+            self.model.importance_prune(self.config.ip_percentile)
+        self.evolve()
+
+
+def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=print, overwrite=False,
+        keep_last_good=True):
+    """Train ``model`` for ``config.epochs`` epochs and record the run.
+
+    Each epoch: train, evaluate on the test split, then Importance Pruning (when
+    due) and SET evolution (not after the last). Ctrl-C stops cleanly and keeps
+    the model trained so far; a loss or weight that turns NaN stops the run and
+    restores the model of the last good epoch.
+
+    Parameters
+    ----------
+    model : SparseMLP
+        Trained in place.
+    data : wasap.data.Dataset
+        ``X_train`` (n, n_features) float32, ``y_train``, ``X_test``, ``y_test``.
+    config : wasap.config.TrainConfig
+    out_dir : str, optional
+        Receives metrics.jsonl, summary.json and model.npz (see the README).
+    trainer : object, optional
+        Anything with ``train_epoch(X, y, progress=)`` and ``end_of_epoch(epoch, last)``;
+        a :class:`SequentialTrainer` by default.
+    progress : bool, optional
+        Progress bars; None shows them only on a terminal.
+    log : callable
+        Receives one line of text per event (None: silent).
+    overwrite : bool
+        Allow a non-empty ``out_dir``.
+    keep_last_good : bool
+        Keep a copy of the last finite model to fall back on if training diverges.
+
+    Returns
+    -------
+    dict
+        The run's summary (as written to summary.json), with its per-epoch
+        ``history`` added.
+    """
+    from tqdm.auto import tqdm
+
+    log = log or (lambda line: None)
+    if config.threads is not None:
+        kernels.set_threads(config.threads)
+    recorder = RunRecorder(out_dir, config, overwrite=overwrite)
+    trainer = trainer or SequentialTrainer(model, config)
+    recorder.start(model)
+    disable = (not progress) if progress is not None else None
+    last_good = model.copy() if keep_last_good else None
+    stop_reason = "completed"
+    n_train = data.X_train.shape[0]
+    epochs = tqdm(range(1, config.epochs + 1), desc="epochs", unit="epoch", disable=disable, dynamic_ncols=True)
+    try:
+        for epoch in epochs:
+            with tqdm(total=n_train, desc=f"epoch {epoch}", unit="sample", leave=False, disable=disable,
+                      dynamic_ncols=True, mininterval=0.5) as bar:
+                started = time.perf_counter()
+                train_loss, train_accuracy = trainer.train_epoch(data.X_train, data.y_train, progress=bar.update)
+                train_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            test_loss, test_accuracy = model.evaluate(data.X_test, data.y_test)
+            eval_seconds = time.perf_counter() - started
+            if not (math.isfinite(test_loss) and model.is_finite()):
+                raise TrainingDiverged(f"the weights became non-finite in epoch {epoch}")
+            started = time.perf_counter()
+            trainer.end_of_epoch(epoch, last=epoch == config.epochs)
+            evolve_seconds = time.perf_counter() - started
+            record = recorder.epoch(epoch=epoch, train_loss=train_loss, train_accuracy=train_accuracy,
+                                    test_loss=test_loss, test_accuracy=test_accuracy, nnz=model.nnz_per_layer(),
+                                    train_seconds=train_seconds, eval_seconds=eval_seconds,
+                                    evolve_seconds=evolve_seconds)
+            if keep_last_good:
+                last_good = model.copy()
+            epochs.set_postfix(loss=f"{train_loss:.4f}", test_acc=_percent(test_accuracy), nnz=model.nnz)
+            if epochs.disable:
+                log(recorder.describe(record))
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+        log("Interrupted: keeping the model trained so far.")
+    except TrainingDiverged as error:
+        stop_reason = "diverged"
+        if last_good is not None:
+            model.layers = last_good.layers
+            model.release_workspaces()
+        log(f"Training diverged ({error}); kept the model of the last good epoch. "
+            "Lower the learning rate (--lr) or raise the weight decay, and check the inputs are scaled.")
+    finally:
+        epochs.close()
+    return recorder.finish(model, stop_reason, classes=getattr(data, "classes", None))
+
+
+def _percent(value):
+    return "n/a" if value != value else f"{100 * value:.2f}%"
