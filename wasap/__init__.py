@@ -1,3 +1,24 @@
-"""wasap: truly sparse neural networks on CPUs (SET, All-ReLU, Importance Pruning, WASAP-SGD)."""
+"""wasap: truly sparse neural networks on CPUs.
+
+Sparse Evolutionary Training (SET) of MLPs whose weights exist only as their
+nonzeros, the All-ReLU activation, Importance Pruning of neurons, and
+WASAP-SGD, a two-phase data-parallel trainer over shared memory.
+
+>>> import wasap
+>>> data = wasap.load_dataset("madelon")
+>>> config = wasap.TrainConfig(hidden=(400, 100, 400), epsilon=10, alpha=0.5, batch_size=32, epochs=5)
+>>> model = wasap.SparseMLP.from_config(data.n_features, data.n_classes, config)
+>>> summary = wasap.fit(model, data, config, log=None)  # doctest: +SKIP
+"""
+
+from .config import ConfigError, TrainConfig
+from .data import DataError, Dataset, load_dataset
+from .model import SparseLayer, SparseMLP
+from .train import SequentialTrainer, TrainingDiverged, fit
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "DataError", "Dataset", "SequentialTrainer", "SparseLayer", "SparseMLP", "TrainConfig",
+    "TrainingDiverged", "fit", "load_dataset",
+]

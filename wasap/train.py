@@ -133,7 +133,7 @@ class SequentialTrainer:
 
 
 def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=print, overwrite=False,
-        keep_last_good=True):
+        keep_last_good=True, init_seconds=None):
     """Train ``model`` for ``config.epochs`` epochs and record the run.
 
     Each epoch: train, evaluate on the test split, then Importance Pruning (when
@@ -161,6 +161,8 @@ def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=p
         Allow a non-empty ``out_dir``.
     keep_last_good : bool
         Keep a copy of the last finite model to fall back on if training diverges.
+    init_seconds : float, optional
+        How long building the model took, for summary.json.
 
     Returns
     -------
@@ -171,11 +173,10 @@ def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=p
     from tqdm.auto import tqdm
 
     log = log or (lambda line: None)
-    if config.threads is not None:
-        kernels.set_threads(config.threads)
+    kernels.set_threads(config.threads or default_threads())
     recorder = RunRecorder(out_dir, config, overwrite=overwrite)
     trainer = trainer or SequentialTrainer(model, config)
-    recorder.start(model)
+    recorder.start(model, init_seconds=init_seconds)
     disable = (not progress) if progress is not None else None
     last_good = model.copy() if keep_last_good else None
     stop_reason = "completed"
