@@ -58,13 +58,22 @@ def _workers(text):
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default only when it has a real one (not None or False)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     """The argument parser of ``python -m wasap.run``."""
     parser = argparse.ArgumentParser(
         prog="python -m wasap.run",
         description="Train a truly sparse MLP (SET, All-ReLU, Importance Pruning) and write metrics.jsonl, "
                     "summary.json and model.npz to an output folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="madelon",
