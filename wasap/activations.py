@@ -78,9 +78,12 @@ def softmax(z):
     -------
     (n_classes, batch) array
     """
-    shifted = z - z.max(axis=0, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=0, keepdims=True)
+    # A diverged network gives inf/NaN logits: the trainer reports that
+    # itself, so numpy's warnings would only repeat it less clearly.
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted = z - z.max(axis=0, keepdims=True)
+        np.exp(shifted, out=shifted)
+        shifted /= shifted.sum(axis=0, keepdims=True)
     return shifted
 
 

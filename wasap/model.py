@@ -385,6 +385,11 @@ class SparseMLP:
             Class probabilities for softmax, else the output activations.
         """
         X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(
+                f"X has shape {X.shape} but this model takes {self.n_features} features per sample: "
+                f"give an array of shape (n_samples, {self.n_features}), preprocessed like the training data."
+            )
         batch_size = batch_size or self.eval_batch_size()
         out = np.empty((X.shape[0], self.n_outputs), dtype=np.float32)
         for start in range(0, X.shape[0], batch_size):

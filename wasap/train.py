@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import kernels
+from .data import DataError, validate_features, validate_training_data
 from .model import SparseMLP, stream_seed
 from .records import RunRecorder
 
@@ -132,6 +133,36 @@ class SequentialTrainer:
         self.evolve()
 
 
+def check_data(model, data):
+    """Refuse data the model cannot train on, with a message that says why.
+
+    Raises
+    ------
+    wasap.data.DataError
+        NaN or inf, X and y of different lengths, a single class, or a
+        feature count that differs from the model's input layer.
+    """
+    if model.loss == "cross-entropy":
+        validate_training_data(data.X_train, data.y_train)
+    else:
+        validate_features(data.X_train, name="X_train")
+    validate_features(data.X_test, name="X_test")
+    for name, X, y in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
+        if len(X) != len(y):
+            raise DataError(f"X_{name} has {len(X)} rows but y_{name} has {len(y)} targets; give one per row.")
+    for name, X in (("X_train", data.X_train), ("X_test", data.X_test)):
+        if X.shape[1] != model.n_features:
+            raise DataError(f"{name} has {X.shape[1]} features but the model's input layer has "
+                            f"{model.n_features}; build the model with n_features={X.shape[1]}.")
+    if model.loss == "cross-entropy":
+        for name, y in (("y_train", data.y_train), ("y_test", data.y_test)):
+            y = np.asarray(y)
+            if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= model.n_outputs:
+                raise DataError(f"{name} must hold class indices 0..{model.n_outputs - 1} (integers); "
+                                "encode labels with wasap.data.encode_labels, or load data with "
+                                "wasap.load_dataset, which does.")
+
+
 def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=print, overwrite=False,
         keep_last_good=True, init_seconds=None):
     """Train ``model`` for ``config.epochs`` epochs and record the run.
@@ -173,6 +204,7 @@ def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=p
     from tqdm.auto import tqdm
 
     log = log or (lambda line: None)
+    check_data(model, data)
     kernels.set_threads(config.threads or default_threads())
     recorder = RunRecorder(out_dir, config, overwrite=overwrite)
     trainer = trainer or SequentialTrainer(model, config)
