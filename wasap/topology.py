@@ -128,13 +128,18 @@ def sample_empty_keys(count, n_in, n_out, occupied, rng):
     return chosen
 
 
-def _contains(sorted_keys, queries):
-    """Boolean mask: which ``queries`` are in ``sorted_keys`` (binary search)."""
+def _locate(sorted_keys, queries):
+    """Binary search: the position of each query in ``sorted_keys`` and whether it is there."""
     if sorted_keys.shape[0] == 0:
-        return np.zeros(queries.shape[0], dtype=bool)
+        return np.zeros(queries.shape[0], dtype=np.int64), np.zeros(queries.shape[0], dtype=bool)
     where = np.searchsorted(sorted_keys, queries)
     where[where == sorted_keys.shape[0]] = 0
-    return sorted_keys[where] == queries
+    return where, sorted_keys[where] == queries
+
+
+def _contains(sorted_keys, queries):
+    """Boolean mask: which ``queries`` are in ``sorted_keys``."""
+    return _locate(sorted_keys, queries)[1]
 
 
 def keys_from_csr(indptr, indices, n_out):
@@ -390,7 +395,5 @@ def remap(old_keys, new_keys):
     (m_old,) int64
         Index into the new order, or -1 where the connection no longer exists.
     """
-    where = np.searchsorted(new_keys, old_keys)
-    where[where == new_keys.shape[0]] = 0
-    found = new_keys[where] == old_keys if new_keys.shape[0] else np.zeros(old_keys.shape[0], dtype=bool)
+    where, found = _locate(new_keys, old_keys)
     return np.where(found, where, -1)
