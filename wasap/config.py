@@ -7,7 +7,10 @@ every 10 epochs from epoch 200 at the 20th percentile.
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .activations import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
 from .topology import INIT_SCHEMES
@@ -84,13 +87,14 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.hidden = tuple(self.hidden)
+        self.hidden = tuple(int(n) if isinstance(n, numbers.Integral) and not isinstance(n, bool) else n
+                            for n in self.hidden)
         self.validate()
 
     def validate(self):
         """Raise :class:`ConfigError` naming the first value out of range."""
         for size in self.hidden:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
                 raise ConfigError(
                     f"hidden layer sizes must be positive integers, got {list(self.hidden)}; "
                     "a hidden layer of 0 neurons would disconnect the network."
@@ -107,21 +111,26 @@ class TrainConfig:
             raise ConfigError("loss='cross-entropy' needs output_activation='softmax'.")
         _positive("epsilon", self.epsilon)
         _in_range("zeta", self.zeta, 0.0, 1.0)
-        _at_least("epochs", self.epochs, 0)
-        _at_least("batch_size", self.batch_size, 1)
+        _integer("epochs", self.epochs, 0)
+        _integer("batch_size", self.batch_size, 1)
         _positive("lr", self.lr)
         _in_range("momentum", self.momentum, 0.0, 1.0, upper_open=True)
         _at_least("weight_decay", self.weight_decay, 0.0)
         _in_range("dropout", self.dropout, 0.0, 1.0, upper_open=True)
-        _at_least("ip_start", self.ip_start, 0)
-        _at_least("ip_every", self.ip_every, 1)
+        _flag("importance_pruning", self.importance_pruning)
+        _flag("sync", self.sync)
+        _integer("ip_start", self.ip_start, 0)
+        _integer("ip_every", self.ip_every, 1)
         _in_range("ip_percentile", self.ip_percentile, 0.0, 100.0)
         if self.threads is not None:
-            _at_least("threads", self.threads, 1)
-        _at_least("workers", self.workers, 1)
+            _integer("threads", self.threads, 1)
+        _integer("workers", self.workers, 1)
         if self.phase2_start is not None:
-            _at_least("phase2_start", self.phase2_start, 0)
-        _at_least("warmup_epochs", self.warmup_epochs, 0)
+            _integer("phase2_start", self.phase2_start, 0)
+        _integer("warmup_epochs", self.warmup_epochs, 0)
+        _integer("seed", self.seed, 0)
+        if self.activation == "leaky-relu" and self.alpha is not None and not 0 <= self.alpha < 1:
+            raise ConfigError(f"alpha (the leaky ReLU slope) must be in [0, 1), got {self.alpha}.")
 
     def replace(self, **changes):
         """A validated copy with some values changed."""
@@ -146,6 +155,18 @@ class TrainConfig:
 def _choice(name, value, allowed):
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+
+
+def _integer(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}.")
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be True or False, got {value!r}.")
 
 
 def _number(name, value):

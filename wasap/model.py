@@ -8,12 +8,12 @@ in a :class:`Workspace` so that a training step allocates nothing large.
 
 import json
 import os
-import tempfile
 
 import numpy as np
 import scipy.sparse
 
 from . import activations, kernels, topology
+from .files import atomic_file
 
 MODEL_FORMAT = "wasap-model-1"
 
@@ -473,7 +473,9 @@ class SparseMLP:
                       output_activation=self.output_activation, loss=self.loss, metadata=metadata or {})
         arrays = {"header": np.array(json.dumps(header))}
         if classes is not None:
-            arrays["classes"] = np.asarray(classes)
+            classes = np.asarray(classes)
+            # Object arrays (labels from pandas, say) would need pickle to load.
+            arrays["classes"] = classes.astype(str) if classes.dtype.kind == "O" else classes
         for l, layer in enumerate(self.layers):
             arrays[f"indptr_{l}"] = layer.indptr
             arrays[f"indices_{l}"] = layer.indices
@@ -482,17 +484,8 @@ class SparseMLP:
             if include_momentum:
                 arrays[f"velocity_{l}"] = layer.velocity
                 arrays[f"bias_velocity_{l}"] = layer.bias_velocity
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        handle, temporary = tempfile.mkstemp(prefix=".wasap-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(stream, **arrays)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        with atomic_file(path, "wb") as stream:
+            np.savez(stream, **arrays)
 
     @classmethod
     def load(cls, path):
@@ -508,6 +501,8 @@ class SparseMLP:
             archive = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as error:
             raise ValueError(f"cannot read a wasap model from {path!r}: {error}") from error
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path!r} is a single .npy array, not an .npz archive, so not a wasap model.")
         with archive:
             if "header" not in archive.files:
                 raise ValueError(f"{path!r} is an .npz file but not a wasap model (no 'header' entry).")

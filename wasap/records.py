@@ -5,11 +5,13 @@ read any run through them.
 """
 
 import json
+import math
 import os
 import resource
 import sys
-import tempfile
 import time
+
+from .files import atomic_file
 
 
 class OutputDirError(ValueError):
@@ -26,17 +28,22 @@ def peak_rss_bytes():
 
 def write_json_atomic(path, value):
     """Write JSON so that readers see the old file or the new one, never half of one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".wasap-", suffix=".json.tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(value, stream, indent=2, default=_jsonable)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_file(path, "w") as stream:
+        json.dump(_strict(value), stream, indent=2, default=_jsonable, allow_nan=False)
+        stream.write("\n")
+
+
+def _strict(value):
+    """NaN and infinities as null: strict JSON readers (jq, JavaScript) reject them."""
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
 
 
 def _jsonable(value):
@@ -101,7 +108,7 @@ class RunRecorder:
         self.history.append(record)
         if self.out_dir is not None:
             with open(self.path("metrics.jsonl"), "a") as stream:
-                stream.write(json.dumps(record) + "\n")
+                stream.write(json.dumps(_strict(record), allow_nan=False) + "\n")
         return record
 
     @staticmethod

@@ -119,12 +119,14 @@ def sample_empty_keys(count, n_in, n_out, occupied, rng):
         missing = count - chosen.shape[0]
         # Oversample so that one round nearly always suffices.
         draw = rng.integers(0, total, size=int(missing * 1.1) + 16, dtype=np.int64)
-        draw = np.unique(draw)
+        # sort + neighbour test: np.unique is many times slower on large int arrays
+        draw.sort()
+        draw = draw[np.concatenate(([True], draw[1:] != draw[:-1]))]
         draw = draw[~_contains(occupied, draw)]
         draw = draw[~_contains(chosen, draw)]
         if draw.shape[0] > missing:
-            draw = rng.choice(draw, size=missing, replace=False)
-        chosen = np.union1d(chosen, draw)
+            draw = np.sort(rng.choice(draw, size=missing, replace=False))
+        chosen = merge_sorted_keys(chosen, draw)[0]
     return chosen
 
 

@@ -44,7 +44,7 @@ def gather_transposed(X, rows, out=None):
     """Rows of ``X`` as a ``(n_features, len(rows))`` C-contiguous float32 block (the kernels' layout)."""
     block = np.take(X, rows, axis=0)
     if out is None or out.shape != (X.shape[1], rows.shape[0]):
-        return np.ascontiguousarray(block.T)
+        return np.ascontiguousarray(block.T, dtype=np.float32)
     out[...] = block.T
     return out
 
@@ -95,6 +95,7 @@ class SequentialTrainer:
         """
         cfg = self.config
         model = self.model
+        X = np.ascontiguousarray(X, dtype=np.float32)  # no copy when it already is
         regression = model.loss != "cross-entropy"
         total_loss = 0.0
         total_correct = 0

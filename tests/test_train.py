@@ -1,0 +1,265 @@
+"""wasap.train.fit end to end: learning, the output folder contract, Ctrl-C, divergence, Importance Pruning."""
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+
+from wasap.config import TrainConfig
+from wasap.data import Dataset
+from wasap.model import SparseMLP
+from wasap.records import OutputDirError
+from wasap.train import SequentialTrainer, fit
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "nnz", "train_seconds",
+              "eval_seconds", "evolve_seconds"}
+SUMMARY_KEYS = {"config", "best_test_accuracy", "final_test_accuracy", "nnz_start", "nnz_end", "init_seconds",
+                "total_seconds", "peak_rss_bytes"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_classification(n_samples=600, n_features=20, n_informative=8, n_redundant=4, n_classes=2,
+                               class_sep=1.5, random_state=0)
+    X = ((X - X.mean(axis=0)) / X.std(axis=0)).astype(np.float32)
+    y = y.astype(np.int64)
+    return types.SimpleNamespace(X_train=X[:420], y_train=y[:420], X_test=X[420:], y_test=y[420:],
+                                 classes=np.array(["no", "yes"]))
+
+
+@pytest.fixture(scope="module")
+def dataset(data):
+    return Dataset("blobs", data.X_train, data.y_train, data.X_test, data.y_test, data.classes)
+
+
+def _config(**changes):
+    values = dict(hidden=(32, 16), epsilon=4, epochs=4, batch_size=32, lr=0.02, dropout=0.2, threads=1, seed=1)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def _model(data, config):
+    return SparseMLP.from_config(data.X_train.shape[1], 2, config, warn=False)
+
+
+def _fit(data, config, **kwargs):
+    model = _model(data, config)
+    kwargs.setdefault("progress", False)
+    kwargs.setdefault("log", None)
+    return model, fit(model, data, config, **kwargs)
+
+
+def _same_weights(a, b):
+    return all(np.array_equal(getattr(x, n), getattr(y, n))
+               for x, y in zip(a.layers, b.layers) for n in ("indptr", "indices", "data", "bias"))
+
+
+class Wrapped:
+    """A trainer around SequentialTrainer that can misbehave in a given epoch."""
+
+    def __init__(self, model, config, *, interrupt_in=None, poison_in=None):
+        self.inner = SequentialTrainer(model, config)
+        self.model = model
+        self.epoch = 0
+        self.interrupt_in = interrupt_in
+        self.poison_in = poison_in
+        self.snapshots = {}
+        self.topology_after_training = None
+
+    def train_epoch(self, X, y, *, progress=None):
+        self.epoch += 1
+        if self.epoch == self.interrupt_in:
+            raise KeyboardInterrupt
+        result = self.inner.train_epoch(X, y, progress=progress)
+        if self.epoch == self.poison_in:
+            self.model.layers[1].data[3] = np.nan
+        self.topology_after_training = [layer.keys().copy() for layer in self.model.layers]
+        return result
+
+    def end_of_epoch(self, epoch, last):
+        self.inner.end_of_epoch(epoch, last)
+        self.snapshots[epoch] = self.model.copy()
+
+
+def test_fit_learns(data):
+    config = _config(epochs=30)
+    model, summary = _fit(data, config)
+    assert summary["stopped"] == "completed"
+    assert len(summary["history"]) == 30
+    assert summary["final_test_accuracy"] > 0.8
+    assert summary["best_test_accuracy"] >= summary["final_test_accuracy"]
+    _, accuracy = model.evaluate(data.X_test, data.y_test)
+    assert accuracy == pytest.approx(summary["final_test_accuracy"])
+    losses = [r["train_loss"] for r in summary["history"]]
+    assert losses[-1] < losses[0]
+
+
+def test_output_folder(dataset, tmp_path):
+    data = dataset
+    out = tmp_path / "run"
+    config = _config(epochs=3)
+    model, summary = _fit(data, config, out_dir=str(out))
+    assert sorted(os.listdir(out)) == ["metrics.jsonl", "model.npz", "summary.json"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    for epoch, record in enumerate(records, start=1):
+        assert EPOCH_KEYS <= set(record)
+        assert record["epoch"] == epoch
+        assert record["nnz"] == summary["history"][epoch - 1]["nnz"]
+        assert isinstance(record["nnz"], list) and len(record["nnz"]) == 3
+        assert all(isinstance(n, int) for n in record["nnz"])
+        for key in ("train_seconds", "eval_seconds", "evolve_seconds"):
+            assert record[key] >= 0
+        assert 0 <= record["test_accuracy"] <= 1
+    written = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(written)
+    assert written["config"] == config.to_dict()
+    assert TrainConfig.from_dict(written["config"]) == config
+    assert written["nnz_start"] == _model(data, config).nnz_per_layer()
+    assert written["nnz_end"] == model.nnz_per_layer() == records[-1]["nnz"]
+    assert written["final_test_accuracy"] == records[-1]["test_accuracy"]
+    assert written["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
+    assert written["peak_rss_bytes"] > 10 * 2 ** 20
+    assert written["total_seconds"] > 0
+    loaded = SparseMLP.load(out / "model.npz")
+    np.testing.assert_array_equal(loaded.predict_output(data.X_test), model.predict_output(data.X_test))
+    np.testing.assert_array_equal(loaded.classes, data.classes)
+
+
+def test_output_folder_not_empty(data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    config = _config(epochs=1)
+    with pytest.raises(OutputDirError):
+        _fit(data, config, out_dir=str(out))
+    assert os.listdir(out) == ["notes.txt"]
+    _fit(data, config, out_dir=str(out), overwrite=True)
+    assert {"metrics.jsonl", "summary.json", "model.npz"} <= set(os.listdir(out))
+    # Overwriting a previous run starts metrics.jsonl afresh.
+    _fit(data, config, out_dir=str(out), overwrite=True)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_keyboard_interrupt_keeps_the_run(data, tmp_path):
+    out = tmp_path / "run"
+    config = _config(epochs=5)
+    model = _model(data, config)
+    trainer = Wrapped(model, config, interrupt_in=3)
+    summary = fit(model, data, config, out_dir=str(out), trainer=trainer, progress=False, log=None)
+    assert summary["stopped"] == "interrupted"
+    assert len(summary["history"]) == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / "summary.json").read_text())["stopped"] == "interrupted"
+    loaded = SparseMLP.load(out / "model.npz")
+    assert _same_weights(loaded, model)
+    assert _same_weights(model, trainer.snapshots[2])
+
+
+def test_divergence_restores_last_good_epoch(data, tmp_path):
+    out = tmp_path / "run"
+    config = _config(epochs=5)
+    model = _model(data, config)
+    trainer = Wrapped(model, config, poison_in=3)
+    summary = fit(model, data, config, out_dir=str(out), trainer=trainer, progress=False, log=None)
+    assert summary["stopped"] == "diverged"
+    assert len(summary["history"]) == 2
+    assert model.is_finite()
+    assert _same_weights(model, trainer.snapshots[2])
+    loaded = SparseMLP.load(out / "model.npz")
+    assert _same_weights(loaded, model)
+    assert np.isfinite(loaded.predict_output(data.X_test)).all()
+
+
+def test_huge_learning_rate_diverges_cleanly(data):
+    config = _config(epochs=3, lr=1e6)
+    initial = _model(data, config)
+    model, summary = _fit(data, config)
+    assert summary["stopped"] == "diverged"
+    assert model.is_finite()
+    if summary["history"]:
+        assert len(summary["history"]) < 3
+    else:  # diverged in the first epoch: the last good model is the initial one
+        assert _same_weights(model, initial)
+    assert np.isfinite(model.predict_output(data.X_test)).all()
+
+
+def test_importance_pruning_shrinks_hidden_layers_only(data):
+    config = _config(epochs=6, importance_pruning=True, ip_start=2, ip_every=2, ip_percentile=20)
+    model, summary = _fit(data, config)
+    nnz = [r["nnz"] for r in summary["history"]]
+    start = summary["nnz_start"]
+    # Pruning after epochs 2 and 4 (not after 6, the last): hidden layers shrink there and only there.
+    for epoch, counts in enumerate(nnz, start=1):
+        previous = start if epoch == 1 else nnz[epoch - 2]
+        for l in (0, 1):
+            if epoch in (2, 4):
+                assert counts[l] < previous[l], f"layer {l} epoch {epoch}"
+            else:
+                assert counts[l] == previous[l], f"layer {l} epoch {epoch}"
+        assert counts[2] == start[2]  # never the output layer
+    assert summary["nnz_end"] == nnz[-1] == model.nnz_per_layer()
+
+
+def test_no_topology_change_after_last_epoch(data):
+    config = _config(epochs=3)
+    model = _model(data, config)
+    trainer = Wrapped(model, config)
+    summary = fit(model, data, config, trainer=trainer, progress=False, log=None)
+    assert summary["stopped"] == "completed"
+    assert summary["nnz_end"] == summary["history"][-1]["nnz"]
+    for keys, layer in zip(trainer.topology_after_training, model.layers):
+        np.testing.assert_array_equal(keys, layer.keys())
+    # ... while between epochs SET did change it.
+    assert not np.array_equal(trainer.snapshots[1].layers[0].keys(), _model(data, config).layers[0].keys())
+
+
+def test_output_files_follow_umask(data, tmp_path):
+    """Atomic writes (mkstemp + replace) must not leave summary.json and model.npz private (0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    out = tmp_path / "run"
+    _fit(data, _config(epochs=1), out_dir=str(out))
+    expected = 0o666 & ~mask
+    modes = {name: oct(os.stat(out / name).st_mode & 0o777) for name in sorted(os.listdir(out))}
+    assert modes == {name: oct(expected) for name in modes}
+
+
+def _strict_json(line):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON (RFC 8259)")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_regression_run_writes_strict_json(tmp_path):
+    """mse runs have no accuracy; metrics.jsonl must still be valid JSON (null, not NaN) for other tools."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 6)).astype(np.float32)
+    Y = np.stack([X[:, 0] - X[:, 1], 0.5 * X[:, 2]], axis=1).astype(np.float32)
+    data = types.SimpleNamespace(X_train=X[:150], y_train=Y[:150], X_test=X[150:], y_test=Y[150:])
+    config = _config(hidden=(16,), epochs=4, output_activation="identity", loss="mse", dropout=0.0)
+    model = SparseMLP.from_config(6, 2, config, warn=False)
+    out = tmp_path / "run"
+    summary = fit(model, data, config, out_dir=str(out), progress=False, log=None)
+    assert summary["stopped"] == "completed"
+    losses = [r["test_loss"] for r in summary["history"]]
+    assert losses[-1] < losses[0]
+    records = [_strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    assert all(EPOCH_KEYS <= set(r) for r in records)
+    _strict_json((out / "summary.json").read_text())
+
+
+def test_fit_accepts_float64_features(data):
+    """Features straight from numpy/sklearn are float64: training must convert them, as prediction does."""
+    config = _config(epochs=2)
+    as64 = types.SimpleNamespace(X_train=data.X_train.astype(np.float64), y_train=data.y_train,
+                                 X_test=data.X_test.astype(np.float64), y_test=data.y_test, classes=data.classes)
+    model64, summary64 = _fit(as64, config)
+    model32, summary32 = _fit(data, config)
+    assert summary64["stopped"] == "completed"
+    assert _same_weights(model64, model32)
