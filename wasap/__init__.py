@@ -19,6 +19,15 @@ from .train import SequentialTrainer, TrainingDiverged, fit
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "DataError", "Dataset", "SequentialTrainer", "SparseLayer", "SparseMLP", "TrainConfig",
-    "TrainingDiverged", "fit", "load_dataset",
+    "ConfigError", "DataError", "Dataset", "SequentialTrainer", "SparseLayer", "SparseMLP", "SparseMLPClassifier",
+    "SparseMLPRegressor", "TrainConfig", "TrainingDiverged", "fit", "load_dataset",
 ]
+
+
+def __getattr__(name):
+    # The estimators import scikit-learn's estimator machinery (about 1 s):
+    # load them only when asked for.
+    if name in ("SparseMLPClassifier", "SparseMLPRegressor"):
+        from . import estimator
+        return getattr(estimator, name)
+    raise AttributeError(f"module 'wasap' has no attribute {name!r}")

@@ -1,0 +1,228 @@
+"""The scikit-learn estimators: scikit-learn's own checks, equivalence with wasap.train.fit, persistence, errors."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse
+from sklearn.datasets import make_classification, make_regression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from wasap.config import TrainConfig
+from wasap.data import Dataset
+from wasap.estimator import SparseMLPClassifier, SparseMLPRegressor
+from wasap.model import SparseMLP
+from wasap.topology import DensityCapWarning
+from wasap.train import fit
+
+SMALL = dict(hidden_layer_sizes=(16,), epsilon=4, epochs=10, batch_size=16, random_state=0, threads=1)
+
+
+def _instances():
+    return [
+        SparseMLPClassifier(**SMALL),
+        SparseMLPClassifier(**{**SMALL, "hidden_layer_sizes": (12, 8), "activation": "relu", "alpha": None,
+                               "importance_pruning": True, "ip_start": 2, "ip_every": 2}),
+        SparseMLPRegressor(**SMALL),
+    ]
+
+
+# Every check passes (pandas and array-API checks skip themselves when those libraries are absent), so the
+# list of expected failures is empty; a check that starts failing must be fixed or listed here with a reason.
+EXPECTED_FAILED_CHECKS = {}
+
+
+@parametrize_with_checks(_instances(), expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS)
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        # Some checks train the regressor on unscaled targets, where momentum SGD diverges and the
+        # estimator warns (and keeps the last good epoch): that is the behaviour under test, not noise.
+        warnings.filterwarnings("ignore", message=".*diverged.*")
+        warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
+        check(estimator)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    X, y = make_classification(n_samples=240, n_features=12, n_informative=6, n_classes=3, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    return X[:180], y[:180], X[180:], y[180:]
+
+
+def _classifier(**changes):
+    return SparseMLPClassifier(**{**SMALL, "hidden_layer_sizes": (24, 16), "epochs": 4, **changes})
+
+
+def _same_weights(a, b):
+    for left, right in zip(a.layers, b.layers):
+        np.testing.assert_array_equal(left.indptr, right.indptr)
+        np.testing.assert_array_equal(left.indices, right.indices)
+        np.testing.assert_array_equal(left.data, right.data)
+        np.testing.assert_array_equal(left.bias, right.bias)
+
+
+def test_fit_trains_like_wasap_fit(blobs):
+    X, y, _, _ = blobs
+    clf = _classifier(random_state=7).fit(X, y)
+    config = TrainConfig(hidden=(24, 16), epsilon=4, epochs=4, batch_size=16, seed=7, threads=1)
+    model = SparseMLP.from_config(X.shape[1], 3, config, warn=False)
+    data = Dataset("blobs", X.astype(np.float32), y, X.astype(np.float32), y, np.arange(3))
+    summary = fit(model, data, config, progress=False, log=None)
+    _same_weights(clf.model_, model)
+    assert clf.loss_curve_ == [record["train_loss"] for record in summary["history"]]
+    assert clf.n_iter_ == 4
+
+
+def test_partial_fit_and_warm_start_continue_fit(blobs):
+    X, y, X_test, _ = blobs
+    once = _classifier(importance_pruning=True, ip_start=2, ip_every=1).fit(X, y)
+    warm = _classifier(importance_pruning=True, ip_start=2, ip_every=1, epochs=1, warm_start=True)
+    stepped = _classifier(importance_pruning=True, ip_start=2, ip_every=1)
+    for _ in range(4):
+        warm.fit(X, y)
+        stepped.partial_fit(X, y, classes=np.unique(y))
+    for other in (warm, stepped):
+        _same_weights(once.model_, other.model_)
+        np.testing.assert_array_equal(once.predict_proba(X_test), other.predict_proba(X_test))
+        assert other.n_iter_ == 4 and len(other.loss_curve_) == 4
+    # Importance Pruning ran on schedule (after epochs 2 and 3) across the separate calls.
+    assert stepped.history_[-1]["nnz"][0] < stepped.history_[0]["nnz"][0]
+
+
+def test_validation_data_goes_into_history(blobs):
+    X, y, X_test, y_test = blobs
+    clf = _classifier().fit(X, y, X_val=X_test, y_val=y_test)
+    assert len(clf.history_) == 4
+    assert clf.history_[-1]["test_accuracy"] == pytest.approx(clf.score(X_test, y_test))
+    assert "test_accuracy" not in _classifier().fit(X, y).history_[-1]
+
+
+def test_pickle_round_trip_predicts_the_same(blobs):
+    X, y, X_test, _ = blobs
+    for estimator, target in ((_classifier(), y), (SparseMLPRegressor(**SMALL), X[:, 0] - X[:, 1])):
+        estimator.fit(X, target)
+        before = estimator.predict(X_test)
+        restored = pickle.loads(pickle.dumps(estimator))
+        assert restored.model_._workspaces == {}
+        np.testing.assert_array_equal(restored.predict(X_test), before)
+        # The restored estimator trains on from where the original stopped.
+        restored.partial_fit(X, target)
+        assert restored.n_iter_ == estimator.n_iter_ + 1
+
+
+def test_saved_model_loads_and_predicts_the_same(blobs, tmp_path):
+    X, y, X_test, _ = blobs
+    clf = _classifier().fit(X, y)
+    clf.model_.save(tmp_path / "model.npz", classes=clf.classes_)
+    loaded = SparseMLP.load(tmp_path / "model.npz")
+    np.testing.assert_array_equal(loaded.predict_output(X_test), clf.predict_proba(X_test))
+    np.testing.assert_array_equal(loaded.classes[loaded.predict_output(X_test).argmax(axis=1)], clf.predict(X_test))
+
+
+def test_sparse_input_is_densified(blobs):
+    X, y, X_test, _ = blobs
+    X = np.where(np.abs(X) < 0.5, 0.0, X)
+    dense = _classifier().fit(X, y)
+    sparse = _classifier().fit(scipy.sparse.csr_matrix(X), y)
+    np.testing.assert_array_equal(dense.predict_proba(X_test), sparse.predict_proba(scipy.sparse.csc_matrix(X_test)))
+
+
+def test_hyperparameters_reach_the_network(blobs):
+    X, y, _, _ = blobs
+    clf = _classifier(alpha=0.25, epsilon=2, epochs=0, random_state=3).fit(X, y)
+    assert clf.model_.alpha == 0.25 and clf.model_.activation == "all-relu"
+    # An int random_state is the command line's --seed.
+    config = TrainConfig(hidden=(24, 16), epsilon=2, alpha=0.25, seed=3)
+    _same_weights(clf.model_, SparseMLP.from_config(X.shape[1], 3, config, warn=False))
+    hidden = np.int64(10)  # as a parameter grid hands it over
+    assert _classifier(hidden_layer_sizes=hidden, epochs=1).fit(X, y).model_.sizes == [12, 10, 3]
+
+
+def test_dense_layers_on_tiny_data_warn_only_when_verbose(blobs, capsys):
+    X, y, _, _ = blobs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DensityCapWarning)
+        _classifier(epsilon=50, epochs=1).fit(X, y)
+    with pytest.warns(DensityCapWarning):
+        _classifier(epsilon=50, epochs=1, verbose=True).fit(X, y)
+    assert "epoch 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y), "NaN"),
+    (lambda X, y: (X, y[:-1]), "inconsistent numbers of samples"),
+    (lambda X, y: (X, np.zeros_like(y)), "single class"),
+    (lambda X, y: (X, X[:, 0]), "Unknown label type"),
+    (lambda X, y: (X[:, 0], y), "Expected 2D array"),
+])
+def test_bad_training_input_is_refused_clearly(blobs, make_input, message):
+    X, y, _, _ = blobs
+    with pytest.raises(ValueError, match=message):
+        _classifier().fit(*make_input(X, y))
+
+
+def test_bad_prediction_input_is_refused_clearly(blobs):
+    X, y, X_test, _ = blobs
+    clf = _classifier(epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="X has 11 features, but SparseMLPClassifier is expecting 12"):
+        clf.predict(X_test[:, :11])
+    X_test = X_test.copy()
+    X_test[2, 3] = np.inf
+    with pytest.raises(ValueError, match="1 NaN or infinite value.*row 2, column 3"):
+        clf.predict(X_test)
+    with pytest.raises(ValueError, match="lacks"):
+        clf.partial_fit(X, np.where(y == 0, 9, y))
+
+
+def test_configuration_errors_name_the_parameter(blobs):
+    X, y, _, _ = blobs
+    with pytest.raises(ValueError, match="alpha must be in"):
+        _classifier(alpha=2.0).fit(X, y)
+    with pytest.raises(ValueError, match="hidden_layer_sizes must be integers"):
+        _classifier(hidden_layer_sizes=(2.5,)).fit(X, y)
+    with pytest.raises(ValueError, match="both X_val and y_val"):
+        _classifier().fit(X, y, X_val=X)
+
+
+def test_workers_need_the_parallel_trainer(blobs):
+    X, y, _, _ = blobs
+    try:
+        from wasap.parallel import fit_parallel  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="parallel trainer"):
+            _classifier(workers=2).fit(X, y)
+    else:
+        clf = _classifier(workers=2, epochs=30).fit(X, y)
+        assert clf.n_iter_ == 30 and len(clf.history_) == 30
+        assert clf.score(X, y) > 0.6  # three classes: chance is 1/3
+        # The workers and their shared memory are gone: the fitted network pickles as plain arrays.
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), clf.predict_proba(X))
+
+
+def test_regressor_learns_and_handles_several_targets():
+    X, y = make_regression(n_samples=300, n_features=8, n_targets=2, noise=0.1, random_state=0)
+    X = StandardScaler().fit_transform(X)
+    y = y / y.std(axis=0)
+    reg = SparseMLPRegressor(**{**SMALL, "hidden_layer_sizes": (32,), "epochs": 30, "dropout": 0.0,
+                                "zeta": 0.1}).fit(X, y)
+    assert reg.predict(X).shape == (300, 2) and reg.n_outputs_ == 2
+    assert reg.score(X, y) > 0.85
+    single = SparseMLPRegressor(**{**SMALL, "epochs": 2}).fit(X, y[:, 0])
+    assert single.predict(X).shape == (300,)
+
+
+def test_pipeline_in_grid_search_with_processes(blobs):
+    X, y, X_test, y_test = blobs
+    pipeline = make_pipeline(StandardScaler(), _classifier(epochs=6))
+    grid = {"sparsemlpclassifier__epsilon": [2, 6], "sparsemlpclassifier__alpha": [0.25, 0.5]}
+    search = GridSearchCV(pipeline, grid, cv=2, n_jobs=2).fit(X, y)
+    assert set(search.best_params_) == set(grid)
+    assert len(search.cv_results_["mean_test_score"]) == 4
+    assert search.score(X_test, y_test) > 0.5
+    # The processes trained exactly what this process trains.
+    here = GridSearchCV(pipeline, grid, cv=2, n_jobs=1).fit(X, y)
+    np.testing.assert_array_equal(search.cv_results_["mean_test_score"], here.cv_results_["mean_test_score"])

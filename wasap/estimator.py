@@ -1,0 +1,508 @@
+"""scikit-learn estimators: :class:`SparseMLPClassifier` and :class:`SparseMLPRegressor`.
+
+They follow :class:`sklearn.neural_network.MLPClassifier`'s conventions (fit,
+partial_fit, predict, predict_proba, score, warm_start, ``classes_``,
+``n_iter_``, ``loss_curve_``), but name their hyperparameters like the command
+line (``python -m wasap.run``), so that a setting means the same in both:
+
+- ``alpha`` is the **All-ReLU slope** (paper eq. 3), not an L2 penalty as in
+  MLPClassifier; L2 regularisation is ``weight_decay``.
+- ``epochs`` is the number of passes over the data (MLPClassifier's
+  ``max_iter``); there is no early stopping, every epoch runs.
+- ``lr`` is the learning rate (MLPClassifier's ``learning_rate_init``).
+
+Training is :func:`wasap.train.fit` (or :func:`wasap.parallel.fit_parallel`
+with ``workers > 1``), so an estimator trains exactly like the command line
+with the same settings; the fitted network is ``model_``, a
+:class:`wasap.model.SparseMLP`.
+"""
+
+import operator
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
+
+from . import kernels
+from .config import TrainConfig
+from .data import Dataset, encode_labels, validate_features, validate_training_data
+from .model import SparseMLP
+from .train import SequentialTrainer, default_threads, fit
+
+__all__ = ["SparseMLPClassifier", "SparseMLPRegressor"]
+
+# Sparse input is densified (wasap's input layer multiplies dense rows), so any format will do.
+_SPARSE_FORMATS = ("csr", "csc", "coo")
+
+
+class _ContinuedTrainer:
+    """A :class:`~wasap.train.SequentialTrainer` whose epochs fit() numbers from 1 continue a count.
+
+    Warm starts and fits after partial_fit resume the epoch count, so Importance
+    Pruning (due at epochs ``>= ip_start``, every ``ip_every``) keeps its schedule.
+    """
+
+    def __init__(self, trainer, epochs_done):
+        self.trainer = trainer
+        self.epochs_done = epochs_done
+
+    def train_epoch(self, X, y, *, progress=None):
+        return self.trainer.train_epoch(X, y, progress=progress)
+
+    def end_of_epoch(self, epoch, last):
+        self.trainer.end_of_epoch(self.epochs_done + epoch, last)
+
+
+class _BaseSparseMLP(BaseEstimator):
+    """What the classifier and the regressor share: configuration, the training loop's plumbing, pickling."""
+
+    _output_activation = None
+    _loss = None
+
+    def __init__(self, hidden_layer_sizes=(400, 100, 400), *, activation="all-relu", alpha=0.5, epsilon=20.0,
+                 zeta=0.3, init="he-uniform", epochs=100, batch_size=128, lr=0.01, momentum=0.9,
+                 weight_decay=2e-4, dropout=0.3, importance_pruning=False, ip_start=200, ip_every=10,
+                 ip_percentile=20.0, threads=None, workers=1, sync=False, phase2_start=None, warm_start=False,
+                 random_state=None, verbose=False):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.alpha = alpha
+        self.epsilon = epsilon
+        self.zeta = zeta
+        self.init = init
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.dropout = dropout
+        self.importance_pruning = importance_pruning
+        self.ip_start = ip_start
+        self.ip_every = ip_every
+        self.ip_percentile = ip_percentile
+        self.threads = threads
+        self.workers = workers
+        self.sync = sync
+        self.phase2_start = phase2_start
+        self.warm_start = warm_start
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _config(self, seed):
+        """The :class:`TrainConfig` of the current hyperparameters (raises ConfigError, a ValueError)."""
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if np.ndim(sizes) == 0 else sizes
+        # operator.index accepts numpy integers (from parameter grids) but refuses 2.5 instead of truncating it.
+        try:
+            hidden = tuple(operator.index(size) for size in sizes)
+        except TypeError:
+            raise ValueError(f"hidden_layer_sizes must be integers, got {self.hidden_layer_sizes!r}.") from None
+        return TrainConfig(
+            hidden=hidden, activation=self.activation, alpha=self.alpha, epsilon=self.epsilon, init=self.init,
+            output_activation=self._output_activation, loss=self._loss, zeta=self.zeta, epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+            dropout=self.dropout, importance_pruning=self.importance_pruning, ip_start=self.ip_start,
+            ip_every=self.ip_every, ip_percentile=self.ip_percentile, seed=seed, threads=self.threads,
+            workers=self.workers, sync=self.sync, phase2_start=self.phase2_start,
+        )
+
+    def _seed(self):
+        """An int seed: ``random_state`` itself when it is one (as ``--seed``), else a draw from it."""
+        if isinstance(self.random_state, (int, np.integer)) and not isinstance(self.random_state, bool):
+            return int(self.random_state)
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+    def _log(self):
+        return print if self.verbose else None
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _prepare(self, n_features, n_outputs, first):
+        """The config of the next epochs; a new network when ``first``, else SET on the fitted one."""
+        if first:
+            config = self._config(self._seed())
+            # Tiny data sets (normal with scikit-learn) make epsilon's Erdős–Rényi layers dense;
+            # that is a warning on the command line, where it usually means a wrong epsilon.
+            self.model_ = SparseMLP.from_config(n_features, n_outputs, config, warn=bool(self.verbose))
+            self._trainer = SequentialTrainer(self.model_, config)
+            self.n_iter_ = 0
+            self.loss_curve_ = []
+            self.history_ = []
+            return config
+        # set_params may have changed hyperparameters since the last call; the random streams go on.
+        self._trainer.config = self._config(self._trainer.config.seed)
+        if self.n_iter_ > 0:
+            # fit() skips SET after its last epoch, so the topology step between two calls happens here.
+            self._trainer.end_of_epoch(self.n_iter_, last=False)
+        return self._trainer.config
+
+    def _fit(self, X, y, X_val, y_val, *, n_outputs, first):
+        """Train for ``epochs`` epochs, from scratch when ``first``, else on from the fitted network.
+
+        Parameters
+        ----------
+        X : (n_samples, n_features) float32
+        y : (n_samples,) int64 class indices or (n_samples, n_outputs) float32 targets
+        X_val, y_val : validation data like ``X``, ``y``, or None
+        n_outputs : int
+        first : bool
+        """
+        config = self._prepare(X.shape[1], n_outputs, first)
+        # wasap.train.fit evaluates a test split every epoch. Without validation data the training data
+        # stands in (inference costs about a tenth of a training epoch) and its metrics are dropped below.
+        data = Dataset("training data", X, y, X if X_val is None else X_val, y if X_val is None else y_val,
+                       getattr(self, "classes_", np.empty(0)))
+        if self.workers > 1:
+            summary = _fit_parallel()(self.model_, data, config, progress=False, log=self._log())
+        else:
+            summary = fit(self.model_, data, config, trainer=_ContinuedTrainer(self._trainer, self.n_iter_),
+                          progress=False, log=self._log())
+        if summary["stopped"] == "diverged":
+            warnings.warn(f"{type(self).__name__}: training diverged after {summary['epochs_completed']} "
+                          "epoch(s); the model of the last good epoch is kept. Lower lr, raise weight_decay, "
+                          "or scale the inputs (e.g. with StandardScaler).", ConvergenceWarning, stacklevel=3)
+        for record in summary["history"]:
+            record = dict(record, epoch=self.n_iter_ + record["epoch"])
+            if X_val is None:
+                record.pop("test_loss")
+                record.pop("test_accuracy")
+            self.history_.append(record)
+            self.loss_curve_.append(record["train_loss"])
+        self.n_iter_ += summary["epochs_completed"]
+        return self
+
+    def _partial_fit(self, X, y, *, n_outputs, first):
+        """One epoch of the sequential trainer on ``(X, y)``; see :meth:`_fit` for the arrays."""
+        config = self._prepare(X.shape[1], n_outputs, first)
+        kernels.set_threads(config.threads or default_threads())
+        loss, accuracy = self._trainer.train_epoch(X, y)
+        self.n_iter_ += 1
+        self.loss_curve_.append(loss)
+        self.history_.append(dict(epoch=self.n_iter_, train_loss=loss, train_accuracy=accuracy,
+                                  nnz=self.model_.nnz_per_layer()))
+        return self
+
+    def _validate_X(self, X, *, reset):
+        """Features as float32 rows; scikit-learn's checks of type and width, wasap's of values."""
+        X = validate_data(self, X, reset=reset, accept_sparse=_SPARSE_FORMATS, dtype=np.float32,
+                          ensure_all_finite=False)
+        return validate_features(X)
+
+    def _predict_output(self, X):
+        check_is_fitted(self, "model_")
+        return self.model_.predict_output(self._validate_X(X, reset=False))
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def __getstate__(self):
+        # The network's batch buffers are caches, rebuilt on demand; a pickle needs only the weights.
+        if hasattr(self, "model_"):
+            self.model_.release_workspaces()
+        return super().__getstate__()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
+    """A truly sparse multilayer perceptron classifier, trained with SET (and optionally Importance Pruning).
+
+    Every weight matrix exists only as its nonzeros (about ``epsilon * (n_in + n_out)`` of them per layer);
+    after each epoch but the last, Sparse Evolutionary Training removes the ``zeta`` fraction of weights
+    closest to zero and regrows as many at random. The output is a softmax trained with cross-entropy.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : int or tuple of int, default=(400, 100, 400)
+        Neurons of each hidden layer (the paper's Madelon network).
+    activation : {"all-relu", "relu", "leaky-relu", "sigmoid", "tanh", "identity"}, default="all-relu"
+        Hidden activation.
+    alpha : float, default=0.5
+        The All-ReLU slope (paper eq. 3: ``-alpha``, ``+alpha``, ... on successive hidden layers), or
+        leaky ReLU's slope. **Not** an L2 penalty as in MLPClassifier: that is ``weight_decay``.
+    epsilon : float, default=20.0
+        Sparsity: a layer has about ``epsilon * (n_in + n_out)`` weights, at most ``n_in * n_out``. On
+        small data (a few features or classes) layers may become dense; that is silent unless ``verbose``.
+    zeta : float, default=0.3
+        Fraction of each sign's weights that SET rewires after every epoch.
+    init : {"he-uniform", "xavier", "normal"}, default="he-uniform"
+        Initial weights.
+    epochs : int, default=100
+        Passes over the training data per :meth:`fit` (MLPClassifier's ``max_iter``; no early stopping).
+    batch_size : int, default=128
+    lr : float, default=0.01
+        Learning rate of momentum SGD.
+    momentum : float, default=0.9
+    weight_decay : float, default=2e-4
+        L2 weight decay inside momentum SGD (MLPClassifier's ``alpha``).
+    dropout : float, default=0.3
+        Inverted dropout rate on the hidden layers.
+    importance_pruning : bool, default=False
+        Importance Pruning of hidden neurons (the paper's Algorithm 2).
+    ip_start, ip_every : int, default=200, 10
+        Importance Pruning runs after epochs ``e >= ip_start`` with ``e % ip_every == 0``.
+    ip_percentile : float, default=20.0
+        Neurons at or below this percentile of their layer's importance lose their inputs.
+    threads : int or None, default=None
+        Kernel threads of this process; None: one per idle core. Set 1 when running several fits at once
+        (``GridSearchCV(n_jobs=...)``): numba's threads slow down many-fold when they compete for cores.
+    workers : int, default=1
+        1: the sequential trainer. K > 1: WASAP-SGD with K worker processes
+        (:func:`wasap.parallel.fit_parallel`) for :meth:`fit`; :meth:`partial_fit` is always sequential.
+    sync : bool, default=False
+        With ``workers > 1``: synchronous phase one (WASSP-SGD).
+    phase2_start : int or None, default=None
+        With ``workers > 1``: epoch at which phase two (independent replicas) starts; None: never.
+    warm_start : bool, default=False
+        :meth:`fit` continues training the fitted network (and its epoch count) instead of starting anew.
+    random_state : int, RandomState instance or None, default=None
+        Seeds every random stream (topology, weights, shuffling, dropout). An int is used as the command
+        line's ``--seed``, so ``random_state=0`` trains the same network as ``python -m wasap.run --seed 0``.
+    verbose : bool, default=False
+        Print one line per epoch, and warn when epsilon makes a hidden layer dense.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+    model_ : wasap.model.SparseMLP
+        The trained network; ``model_.layer_matrix(i)`` is layer ``i`` as a ``scipy.sparse.csr_matrix``,
+        ``model_.save(path)`` writes it for :meth:`wasap.SparseMLP.load`.
+    n_iter_ : int
+        Epochs trained, over all calls of :meth:`fit` (with ``warm_start``) and :meth:`partial_fit`.
+    loss_curve_ : list of float
+        Mean training loss (cross-entropy, with dropout) of each epoch.
+    history_ : list of dict
+        One record per epoch with the keys of a run's metrics.jsonl: epoch, train_loss, train_accuracy,
+        nnz (per layer), timings, and test_loss, test_accuracy when :meth:`fit` was given ``X_val``, ``y_val``.
+        (:meth:`partial_fit` rewires at the start of the next call, so its records show nnz before that.)
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when ``X`` was a DataFrame with string column names.
+
+    Notes
+    -----
+    ``X`` may be a scipy.sparse matrix; it is densified to float32, because wasap's input layer takes dense
+    rows (its sparsity is in the weights). Inputs should be scaled (e.g. ``StandardScaler`` in a Pipeline),
+    as the paper standardises every data set.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = make_pipeline(StandardScaler(), SparseMLPClassifier((200, 100), epsilon=10, epochs=30,
+    ...                                                         random_state=0))
+    >>> clf.fit(X[:1500], y[:1500]).score(X[1500:], y[1500:])  # doctest: +SKIP
+    0.95...
+    """
+
+    _output_activation = "softmax"
+    _loss = "cross-entropy"
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        """Train the network for ``epochs`` epochs.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Class labels of any sortable type; at least two classes.
+        X_val : {array-like, sparse matrix} of shape (n_val, n_features), optional
+        y_val : array-like of shape (n_val,), optional
+            Validation data, evaluated after every epoch into ``history_`` (test_loss, test_accuracy);
+            its labels must be among ``y``'s.
+
+        Returns
+        -------
+        self
+        """
+        first = not (self.warm_start and hasattr(self, "model_"))
+        # Two samples at least: one is always one class, and the error should say "1 sample".
+        X, y = validate_data(self, X, y, reset=first, accept_sparse=_SPARSE_FORMATS, dtype=np.float32,
+                             ensure_all_finite=False, ensure_min_samples=2)
+        check_classification_targets(y)
+        X, y = validate_training_data(X, y)
+        y_index, _, classes = encode_labels(y)
+        if not first and not np.array_equal(classes, self.classes_):
+            raise ValueError(f"warm_start needs the classes of the previous fit, {self.classes_.tolist()}; "
+                             f"y has {classes.tolist()}.")
+        self.classes_ = classes
+        if (X_val is None) != (y_val is None):
+            raise ValueError("give both X_val and y_val, or neither.")
+        if X_val is not None:
+            X_val = self._validate_X(X_val, reset=False)
+            _, y_val, _ = encode_labels(self.classes_, y_val)
+            check_consistent_length(X_val, y_val)
+        return self._fit(X, y_index, X_val, y_val, n_outputs=len(classes), first=first)
+
+    def partial_fit(self, X, y, classes=None):
+        """Train one epoch on ``(X, y)``.
+
+        Successive calls train like successive epochs of :meth:`fit`: SET evolves the topology between
+        them, and Importance Pruning follows its schedule over ``n_iter_``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+        classes : array-like of shape (n_classes,), optional
+            Every class that any call will see; required on the first call, ignored after.
+
+        Returns
+        -------
+        self
+        """
+        first = _check_partial_fit_first_call(self, classes)
+        X, y = validate_data(self, X, y, reset=first, accept_sparse=_SPARSE_FORMATS, dtype=np.float32,
+                             ensure_all_finite=False)
+        check_classification_targets(y)
+        X = validate_features(X)
+        # encode_labels with classes_ as the "training" labels refuses labels outside them, naming them.
+        _, y_index, _ = encode_labels(self.classes_, y)
+        return self._partial_fit(X, y_index, n_outputs=len(self.classes_), first=first)
+
+    def predict_proba(self, X):
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes), float32
+            Columns in the order of ``classes_``.
+        """
+        return self._predict_output(X)
+
+    def predict_log_proba(self, X):
+        """Log of :meth:`predict_proba`, shape (n_samples, n_classes)."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """Most probable class of each sample.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        best = self.predict_proba(X).argmax(axis=1)
+        return self.classes_[best]
+
+
+class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
+    """A truly sparse multilayer perceptron regressor: identity output, mean squared error.
+
+    The parameters and attributes are those of :class:`SparseMLPClassifier` (``alpha`` is the All-ReLU
+    slope; L2 is ``weight_decay``), less ``classes_``; ``loss_curve_`` holds half the mean squared error,
+    summed over the outputs. Targets are not rescaled: standardise them (e.g. with
+    ``sklearn.compose.TransformedTargetRegressor``) when their scale is far from 1.
+
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of targets; :meth:`predict` returns shape (n_samples,) when it is 1.
+    """
+
+    _output_activation = "identity"
+    _loss = "mse"
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        """Train the network for ``epochs`` epochs.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        X_val : {array-like, sparse matrix} of shape (n_val, n_features), optional
+        y_val : array-like of shape (n_val,) or (n_val, n_outputs), optional
+            Validation data, evaluated after every epoch into ``history_`` (test_loss).
+
+        Returns
+        -------
+        self
+        """
+        first = not (self.warm_start and hasattr(self, "model_"))
+        X, y = self._validate_Xy(X, y, reset=first)
+        if not first and y.shape[1] != self.n_outputs_:
+            raise ValueError(f"warm_start needs {self.n_outputs_} target(s) as in the previous fit; "
+                             f"y has {y.shape[1]}.")
+        self.n_outputs_ = y.shape[1]
+        if (X_val is None) != (y_val is None):
+            raise ValueError("give both X_val and y_val, or neither.")
+        if X_val is not None:
+            X_val, y_val = self._validate_Xy(X_val, y_val, reset=False)
+        return self._fit(X, y, X_val, y_val, n_outputs=self.n_outputs_, first=first)
+
+    def partial_fit(self, X, y):
+        """Train one epoch on ``(X, y)``; successive calls train like the epochs of :meth:`fit`.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+
+        Returns
+        -------
+        self
+        """
+        first = not hasattr(self, "model_")
+        X, y = self._validate_Xy(X, y, reset=first)
+        if first:
+            self.n_outputs_ = y.shape[1]
+        elif y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {y.shape[1]} target(s) but the regressor was fitted with {self.n_outputs_}.")
+        return self._partial_fit(X, y, n_outputs=self.n_outputs_, first=first)
+
+    def _validate_Xy(self, X, y, *, reset):
+        """``X`` float32 rows and ``y`` as float32 of shape (n_samples, n_outputs), the trainer's layout."""
+        X, y = validate_data(self, X, y, reset=reset, accept_sparse=_SPARSE_FORMATS, dtype=np.float32,
+                             ensure_all_finite=False, multi_output=True, y_numeric=True)
+        X = validate_features(X)
+        return X, np.ascontiguousarray(np.reshape(y, (y.shape[0], -1)), dtype=np.float32)
+
+    def predict(self, X):
+        """Predicted targets.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs), float64
+            The network computes in float32; float64 is what scikit-learn's regressors return.
+        """
+        output = self._predict_output(X).astype(np.float64)
+        return output.ravel() if self.n_outputs_ == 1 else output
+
+
+def _fit_parallel():
+    """:func:`wasap.parallel.fit_parallel`, or a ValueError saying that this wasap lacks it."""
+    try:
+        from .parallel import fit_parallel
+    except ImportError as error:
+        raise ValueError(f"workers > 1 needs wasap's parallel trainer (wasap.parallel.fit_parallel), which "
+                         f"cannot be imported here ({error}); use workers=1, the sequential trainer.") from error
+    return fit_parallel
