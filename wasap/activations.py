@@ -2,7 +2,9 @@
 
 Hidden activations are described by a kernel code and a negative-side slope
 (see :mod:`wasap.kernels`). Losses act on the output layer, stored transposed
-as ``(n_classes, batch)``, and return the loss with ``delta_L = dLoss/dz_L``.
+as ``(n_classes, batch)``, and return the loss with ``delta_L = dLoss/dz_L``;
+softmax + cross-entropy, the hot one, is a kernel
+(:func:`wasap.kernels.softmax_cross_entropy_delta`).
 """
 
 import numpy as np
@@ -85,35 +87,6 @@ def softmax(z):
         np.exp(shifted, out=shifted)
         shifted /= shifted.sum(axis=0, keepdims=True)
     return shifted
-
-
-def softmax_cross_entropy(z, target_index):
-    """Mean cross-entropy of softmax outputs and its gradient.
-
-    Parameters
-    ----------
-    z : (n_classes, batch) float32
-        Linear outputs of the last layer.
-    target_index : (batch,) int
-        Class index of each sample.
-
-    Returns
-    -------
-    loss : float
-        Mean over the batch.
-    probabilities : (n_classes, batch) float32
-    delta : (n_classes, batch) float32
-        ``(softmax(z) - onehot) / batch``.
-    """
-    batch = z.shape[1]
-    probabilities = softmax(z)
-    columns = np.arange(batch)
-    picked = probabilities[target_index, columns]
-    loss = float(-np.mean(np.log(np.maximum(picked, 1e-30))))
-    delta = probabilities.copy()
-    delta[target_index, columns] -= 1.0
-    delta /= batch
-    return loss, probabilities, delta
 
 
 def mean_squared_error(output, deriv, target):

@@ -118,8 +118,9 @@ def _float32(values, shape, name):
 class Workspace:
     """Preallocated per-layer buffers of one batch size, all ``(neurons, batch)`` float32.
 
-    ``activations[l]`` is the output of layer ``l`` (1-based; index 0 is the
-    caller's input), ``derivs[l]`` holds ``f'(z_l)`` times the dropout mask and
+    ``x_t`` is a place to gather the input batch into, ``activations[l]`` is
+    the output of layer ``l`` (1-based; index 0 is the caller's input),
+    ``derivs[l]`` holds ``f'(z_l)`` times the dropout mask and
     is overwritten in place by the backward pass with ``delta_l`` (the two are
     never needed at once), ``delta_out`` is the loss gradient at the output.
     """
@@ -127,10 +128,13 @@ class Workspace:
     def __init__(self, sizes, batch, *, training):
         self.batch = int(batch)
         self.training = training
-        self.activations = [None] + [np.empty((n, batch), dtype=np.float32) for n in sizes[1:]]
+        # 64-byte aligned rows: the kernels' vector loads are 20-35% slower across cache lines.
+        buffer = kernels.aligned_empty
         empty = np.empty((0, 0), dtype=np.float32)
-        self.derivs = [empty] + [np.empty((n, batch), dtype=np.float32) if training else empty for n in sizes[1:]]
-        self.delta_out = np.empty((sizes[-1], batch), dtype=np.float32) if training else empty
+        self.x_t = buffer((sizes[0], batch))
+        self.activations = [None] + [buffer((n, batch)) for n in sizes[1:]]
+        self.derivs = [empty] + [buffer((n, batch)) if training else empty for n in sizes[1:]]
+        self.delta_out = buffer((sizes[-1], batch)) if training else empty
 
 
 class SparseMLP:
@@ -303,13 +307,11 @@ class SparseMLP:
             Correctly classified samples (0 for mse).
         """
         if self.loss == "cross-entropy":
-            loss, _, delta = activations.softmax_cross_entropy(output, target)
-            n_correct = int(np.count_nonzero(output.argmax(axis=0) == target))
-        else:
-            loss, delta = activations.mean_squared_error(output, ws.derivs[-1], target)
-            n_correct = 0
+            loss, n_correct = kernels.softmax_cross_entropy_delta(output, target, ws.delta_out)
+            return float(loss), int(n_correct)
+        loss, delta = activations.mean_squared_error(output, ws.derivs[-1], target)
         ws.delta_out[...] = delta
-        return loss, n_correct
+        return loss, 0
 
     def backward(self, x_t, ws, *, lr=0.0, momentum=0.0, weight_decay=0.0, grads=None, bias_grads=None):
         """Backward pass after :meth:`forward` and :meth:`loss_and_delta`.
@@ -330,14 +332,8 @@ class SparseMLP:
             kernels.backward_layer(
                 layer.indptr, layer.indices, layer.data, layer.velocity, a_prev, delta, below, below,
                 l > 0, mode, empty if update else grads[l], lr, momentum, weight_decay,
+                layer.bias, layer.bias_velocity, empty if update else bias_grads[l],
             )
-            bias_grad = delta.sum(axis=1)
-            if update:
-                layer.bias_velocity *= np.float32(momentum)
-                layer.bias_velocity -= np.float32(lr) * bias_grad
-                layer.bias += layer.bias_velocity
-            else:
-                bias_grads[l][...] = bias_grad
             delta = below
 
     def train_batch(self, x_t, target, *, lr, momentum, weight_decay, dropout=0.0, dropout_seed=0):

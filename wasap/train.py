@@ -100,7 +100,7 @@ class SequentialTrainer:
         total_loss = 0.0
         total_correct = 0
         for rows in batches_of(self.rng.permutation(X.shape[0]), cfg.batch_size):
-            x_t = gather_transposed(X, rows)
+            x_t = gather_transposed(X, rows, model.workspace(rows.shape[0], training=True).x_t)
             target = np.ascontiguousarray(y[rows].T, dtype=np.float32) if regression else y[rows]
             loss, n_correct = model.train_batch(
                 x_t, target, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
