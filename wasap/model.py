@@ -389,11 +389,13 @@ class SparseMLP:
         batch_size = batch_size or self.eval_batch_size()
         out = np.empty((X.shape[0], self.n_outputs), dtype=np.float32)
         for start in range(0, X.shape[0], batch_size):
-            x_t = np.ascontiguousarray(X[start:start + batch_size].T)
-            output = self.forward(x_t, self.workspace(x_t.shape[1], training=False))
+            block = X[start:start + batch_size]
+            ws = self.workspace(block.shape[0], training=False)
+            ws.x_t[...] = block.T
+            output = self.forward(ws.x_t, ws)
             if self.output_activation == "softmax":
                 output = activations.softmax(output.copy())
-            out[start:start + x_t.shape[1]] = output.T
+            out[start:start + block.shape[0]] = output.T
         return out
 
     def evaluate(self, X, y, batch_size=None):
