@@ -14,13 +14,14 @@ WASAP-SGD, a two-phase data-parallel trainer over shared memory.
 from .config import ConfigError, TrainConfig
 from .data import DataError, Dataset, load_dataset
 from .model import SparseLayer, SparseMLP
+from .parallel import WorkerFailed, fit_parallel
 from .train import SequentialTrainer, TrainingDiverged, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "DataError", "Dataset", "SequentialTrainer", "SparseLayer", "SparseMLP", "SparseMLPClassifier",
-    "SparseMLPRegressor", "TrainConfig", "TrainingDiverged", "fit", "load_dataset",
+    "SparseMLPRegressor", "TrainConfig", "TrainingDiverged", "WorkerFailed", "fit", "fit_parallel", "load_dataset",
 ]
 
 

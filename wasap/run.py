@@ -15,6 +15,7 @@ from . import kernels
 from .config import ConfigError, TrainConfig
 from .data import DataError, load_dataset
 from .model import SparseMLP
+from .parallel import WorkerFailed, fit_parallel
 from .records import OutputDirError
 from .train import default_threads, fit
 
@@ -161,21 +162,20 @@ def main(argv=None):
         data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
                             standardize=not args.no_standardize, n_samples=args.n_samples,
                             n_features=args.n_features, n_classes=args.n_classes)
-        if config.workers > 1:
-            raise ConfigError(
-                f"--workers {config.workers}: the parallel trainer (WASAP-SGD) is not in this version of wasap; "
-                "run with --workers 1 (the default)."
-            )
         say(f"data: {data.description or data.name}")
         started = time.perf_counter()
         model = SparseMLP.from_config(data.n_features, data.n_classes, config)
         init_seconds = time.perf_counter() - started
         say(f"model: {model} (built in {init_seconds:.2f}s); {config.threads} thread(s)")
-        summary = fit(model, data, config, out_dir=out_dir, overwrite=args.overwrite,
-                      progress=False if args.quiet else None, log=say, init_seconds=init_seconds)
+        trainer = fit_parallel if config.workers > 1 else fit
+        summary = trainer(model, data, config, out_dir=out_dir, overwrite=args.overwrite,
+                          progress=False if args.quiet else None, log=say, init_seconds=init_seconds)
     except (ConfigError, DataError, OutputDirError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except WorkerFailed as error:
+        print(f"error: {error} The model trained so far is in {out_dir}.", file=sys.stderr)
+        return 1
     best = summary["best_test_accuracy"]
     final = summary["final_test_accuracy"]
     if best is not None:

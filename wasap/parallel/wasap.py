@@ -1,0 +1,527 @@
+"""WASAP-SGD's two phases around a run: :func:`fit_parallel`.
+
+The main process is the parameter server. It puts the model and the training
+data in shared memory (:class:`~.transport.SharedMemoryTransport`), starts K
+worker processes (:mod:`.worker`) with an explicit start method, and then:
+
+- phase one, epochs ``1 .. phase2_start - 1``: applies gradients as they come
+  (:class:`~.server.ParameterServer`); at each epoch's worth of samples
+  (``n_train``) it snapshots the model, evaluates the snapshot on a background
+  thread (so the workers are not kept waiting), and evolves the topology;
+- phase two, epochs ``phase2_start .. epochs``: the workers train independent
+  replicas; after every local epoch the server gathers the K replicas, averages
+  them over the union of their topologies and keeps the largest weights per
+  layer (:func:`~.server.average_replicas`). The epoch's record (test loss and
+  accuracy, nnz) is that of this **averaged** model: what the run would return
+  if it stopped there. The last epoch's average is the final model.
+
+The contract is :func:`wasap.train.fit`'s: metrics.jsonl, summary.json and
+model.npz through :class:`wasap.records.RunRecorder` (plus profile.json); the
+summary gains ``parallel`` (workers, sync, phase2_start, start method, threads
+per worker, shared bytes, server statistics, each worker's busy fraction).
+
+Failure policy. Ctrl-C (or SIGTERM) stops the workers and keeps the model trained so far
+(phase one: the served model; phase two: the last average, else the model phase
+one ended with). A loss or weight that turns NaN restores the last good epoch's
+model. A worker that dies (killed, crashed, or raised) stops the run: the
+model trained so far is kept and written like after Ctrl-C, summary.json says
+``stopped: "worker-failed"`` and names the worker and its exit code, and
+:class:`~.transport.WorkerFailed` is raised with the same words (going on with
+fewer workers would change the data each epoch sees, and the synchronous
+variant's step, behind the user's back). No pipe or lock wait is unbounded:
+every wait has a timeout after which the workers' liveness is checked, and a
+worker whose server died stops by itself. Every shared segment is unlinked on
+every exit path (a SIGKILL of the main process leaves that to Python's
+resource tracker).
+
+Reproducibility. Worker ``w`` of ``K`` owns rows ``w, w + K, ...`` of the
+training data; batch ``i`` of worker ``w`` drops out with
+``stream_seed(seed, i * K + w)``. The synchronous variant's sample orders come
+from the server's generator, drawn in the sequential trainer's order (the first
+permutation, then after each epoch the evolution and the next permutation), so
+one synchronous worker (``warmup_epochs=0``) gives the sequential trainer's
+model exactly. Asynchronous runs are not repeatable: the order in which
+gradients arrive depends on timing.
+
+Threads. Each worker runs ``min(cores // K, config.threads or 1)`` kernel
+threads (numba, OpenMP, OpenBLAS and MKL are told so in the environment the
+worker starts with); the server's own kernels (evaluation) run on one thread.
+"""
+
+import collections
+import contextlib
+import math
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import kernels
+from ..profiling import CpuSampler, build_profile, format_profile_table, write_profile
+from ..records import RunRecorder
+from ..train import TrainingDiverged
+from .server import ParameterServer, averaged_model
+from .transport import (FAILED, GRADIENT, PHASE_TWO, READY, REPLICA, RUN, STOP, SharedMemoryTransport,
+                        WorkerFailed)
+from .worker import worker_main
+
+#: Worker start methods allowed: never "fork" (numba's threads and locks are not fork-safe).
+START_METHODS = ("spawn", "forkserver")
+_RECEIVE_TIMEOUT = 0.2
+_STARTUP_TIMEOUT = 300.0
+
+
+def available_cores():
+    """Cores this process may run on (its CPU affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_workers(workers):
+    """Number of workers: an int >= 1, or ``"auto"`` for :func:`available_cores`."""
+    if workers == "auto":
+        return available_cores()
+    workers = int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 or 'auto', got {workers}.")
+    return workers
+
+
+def fit_parallel(model, data, config, *, out_dir=None, progress=None, log=print, overwrite=False,
+                 init_seconds=None, start_method="spawn", n_slots=2, profile_interval=0.5):
+    """Train ``model`` with WASAP-SGD (or WASSP-SGD when ``config.sync``) and record the run.
+
+    Parameters
+    ----------
+    model : SparseMLP
+        Trained in place (its layers are replaced by the result).
+    data : wasap.data.Dataset
+        ``X_train`` (n, n_features) float32, ``y_train`` (n,) int or (n, n_outputs) float32, ``X_test``, ``y_test``.
+    config : wasap.config.TrainConfig
+        Uses ``workers`` (int or "auto"), ``sync``, ``phase2_start``, ``warmup_epochs`` besides the
+        sequential trainer's hyperparameters.
+    out_dir : str, optional
+        Receives metrics.jsonl, summary.json, model.npz and profile.json.
+    progress : bool, optional
+        Accepted for :func:`wasap.train.fit`'s signature; per-epoch lines go to ``log``.
+    log : callable
+        Receives one line per event (None: silent).
+    overwrite : bool
+        Allow a non-empty ``out_dir``.
+    init_seconds : float, optional
+    start_method : {"spawn", "forkserver"}
+    n_slots : int
+        Gradient slots per worker in the asynchronous variant (2: double buffering).
+    profile_interval : float
+        Seconds between CPU and memory samples.
+
+    Returns
+    -------
+    dict
+        The summary (as in summary.json) with ``history`` added.
+
+    Raises
+    ------
+    WorkerFailed
+        After writing the outputs, when a worker process died.
+    """
+    if start_method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {START_METHODS}; 'fork' is unsafe with numba's threads.")
+    log = log or (lambda line: None)
+    n_workers = resolve_workers(config.workers)
+    if data.X_train.shape[0] < n_workers:
+        raise ValueError(f"{n_workers} workers need at least {n_workers} training samples (one partition each); "
+                         f"got {data.X_train.shape[0]}.")
+    recorder = RunRecorder(out_dir, config, overwrite=overwrite)
+    recorder.start(model, init_seconds=init_seconds)
+    run = _ParallelRun(model, data, config, recorder, log=log, n_workers=n_workers, start_method=start_method,
+                       n_slots=1 if config.sync else max(1, int(n_slots)), profile_interval=profile_interval)
+    with _sigterm_as_interrupt():
+        return run.execute()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While training, SIGTERM (``kill``, a job scheduler) stops like Ctrl-C: model kept, segments unlinked."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class _ParallelRun:
+    """The state of one :func:`fit_parallel` call (main process = parameter server)."""
+
+    def __init__(self, model, data, config, recorder, *, log, n_workers, start_method, n_slots, profile_interval):
+        self.model = model
+        self.data = data
+        self.config = config
+        self.recorder = recorder
+        self.log = log
+        self.n_workers = n_workers
+        self.start_method = start_method
+        self.n_slots = n_slots
+        self.profile_interval = profile_interval
+        self.n_train = data.X_train.shape[0]
+        self.partitions = [np.arange(w, self.n_train, n_workers) for w in range(n_workers)]
+        start = config.phase2_start
+        self.phase2 = start is not None and start <= config.epochs
+        self.phase1_epochs = (max(0, start - 1) if self.phase2 else config.epochs)
+        # Each worker's share of the cores, and no more threads than asked: numba's threads slow down
+        # many-fold when another process competes for their cores (design notes, section 5).
+        self.threads = max(1, min(available_cores() // n_workers, config.threads or 1))
+        self.phase = 1
+        self.last_good = model.copy()
+        self.current = None  # phase two's latest average
+        self.transport = None
+        self.server = None
+        self.pending = collections.deque()
+        self.training_seconds = 0.0
+        self.server_busy_seconds = None
+        self.server_cpu_seconds = 0.0
+        self.snapshot_seconds = 0.0
+        self._last_check = 0.0
+
+    # -- the run ----------------------------------------------------------------------------------------
+
+    def execute(self):
+        cfg = self.config
+        stop_reason = "completed"
+        failure = None
+        previous_threads = kernels.get_threads()
+        # The server's own kernels (evaluation) stay on one thread: the cores belong to the workers.
+        kernels.set_threads(1)
+        context = multiprocessing.get_context(self.start_method)
+        sampler = None
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasap-eval")
+        try:
+            y = np.asarray(self.data.y_train)
+            self.transport = SharedMemoryTransport(
+                self.model, np.asarray(self.data.X_train, dtype=np.float32), y, n_workers=self.n_workers,
+                n_slots=self.n_slots, partitions=self.partitions, replicas=self.phase2, context=context)
+            self.executor = executor
+            self.log(f"WASAP-SGD: {self.n_workers} worker(s) ({'synchronous' if cfg.sync else 'asynchronous'} "
+                     f"phase one{', phase two from epoch ' + str(cfg.phase2_start) if self.phase2 else ''}), "
+                     f"{self.threads} thread(s) each, start method {self.start_method}, shared memory "
+                     f"{self.transport.blocks.nbytes / (1 << 20):.1f} MiB")
+            worker_config = cfg.replace(workers=self.n_workers)
+            self.transport.start_workers(
+                worker_main, [(w, self.n_workers, worker_config, self.threads,
+                               cfg.phase2_start if self.phase2 else None) for w in range(self.n_workers)],
+                self.threads)
+            pids = {"server": os.getpid(), **{f"worker {w}": pid for w, pid in enumerate(self.transport.pids)}}
+            sampler = CpuSampler(pids, interval=self.profile_interval, phase=lambda: self.phase).start()
+            self._wait_ready()
+            self._phase_one()
+            if self.phase2:
+                self._phase_two()
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+            self.log("Interrupted: keeping the model trained so far.")
+        except TrainingDiverged as error:
+            stop_reason = "diverged"
+            self.current = None
+            self.log(f"Training diverged ({error}); kept the model of the last good epoch. "
+                     "Lower the learning rate (--lr) or raise the weight decay, and check the inputs are scaled.")
+        except WorkerFailed as error:
+            stop_reason = "worker-failed"
+            failure = error
+            self.log(f"Stopped: {error} Keeping the model trained so far.")
+        except BaseException:
+            # Anything else (a bug, /dev/shm too small, ...): stop the workers and unlink the blocks,
+            # then let the error through.
+            self._release(executor, sampler, previous_threads)
+            raise
+        try:
+            self._finish_pending(stop_reason)
+            final = self._final_model(stop_reason)
+            if self.transport is not None:
+                self.transport.shutdown()
+            if sampler is not None:
+                sampler.stop()
+            profile = self._profile(sampler)
+        finally:
+            self._release(executor, sampler, previous_threads)
+        self.model.layers = final.layers
+        self.model.release_workspaces()
+        self.recorder.extra["parallel"] = self._facts(profile)
+        if failure is not None:
+            self.recorder.extra["error"] = str(failure)
+        if self.recorder.out_dir is not None:
+            write_profile(self.recorder.path("profile.json"), profile)
+        self.log(format_profile_table(profile))
+        summary = self.recorder.finish(self.model, stop_reason, classes=getattr(self.data, "classes", None))
+        if failure is not None:
+            failure.summary = summary
+            raise failure
+        return summary
+
+    def _release(self, executor, sampler, previous_threads):
+        """Stop the sampler, the evaluation thread and the workers; unlink every shared block."""
+        try:
+            if sampler is not None:
+                sampler.stop()
+            executor.shutdown(wait=True)
+        finally:
+            if self.transport is not None:
+                self.transport.shutdown()
+                self.transport.close()
+            kernels.set_threads(previous_threads)
+
+    def _wait_ready(self):
+        ready = set()
+        deadline = time.monotonic() + _STARTUP_TIMEOUT
+        while len(ready) < self.n_workers:
+            try:
+                message = self._receive()
+            except WorkerFailed as error:
+                raise WorkerFailed(
+                    f"{error} It failed while starting: with the {self.start_method!r} start method a worker "
+                    "re-imports the main script, so run it from a file whose training code sits under "
+                    "`if __name__ == '__main__':` (not from stdin or an interactive -c string).") from None
+            if message is not None and message[0] == READY:
+                ready.add(message[1])
+            if time.monotonic() > deadline:
+                raise WorkerFailed(f"workers {sorted(set(range(self.n_workers)) - ready)} did not start within "
+                                   f"{_STARTUP_TIMEOUT:.0f}s.")
+        # Workers wait for RUN, so no gradient can arrive (and be lost) before this point.
+
+    def _receive(self):
+        """The next message; None after a timeout (worker liveness checked); raises on a worker's failure."""
+        message = self.transport.receive(_RECEIVE_TIMEOUT)
+        now = time.monotonic()
+        if message is None or now - self._last_check > _RECEIVE_TIMEOUT:
+            # Also while messages flow: the other workers keep the server busy when one has died.
+            self._last_check = now
+            self.transport.check_workers()
+            self._collect()
+        if message is None:
+            return None
+        if message[0] == FAILED:
+            raise WorkerFailed(f"worker {message[1]} raised an error:\n{message[2]}")
+        return message
+
+    # -- phase one -------------------------------------------------------------------------------------
+
+    def _phase_one(self):
+        cfg = self.config
+        transport = self.transport
+        K = self.n_workers
+        steps_per_epoch = max(1, math.ceil(max(len(p) for p in self.partitions) / cfg.batch_size)) if cfg.sync \
+            else max(1, math.ceil(self.n_train / cfg.batch_size))
+        server = self.server = ParameterServer(transport, cfg, n_workers=K, steps_per_epoch=steps_per_epoch)
+        if cfg.sync:
+            # The server draws the orders with its own generator, in the sequential trainer's order:
+            # first epoch's permutation, [epoch], evolution, next permutation...
+            for w in range(K):
+                transport.write_order(w, server.rng.permutation(len(self.partitions[w])))
+        transport.set_command(RUN)
+        consumed = [0] * K
+        waiting = {}
+        epoch = 1
+        total = 0
+        loss_sum = correct = seen = 0.0
+        started = epoch_started = time.perf_counter()
+        cpu_started = time.thread_time()  # this thread only: not the evaluation thread
+        idle_before = transport.idle_seconds
+        while epoch <= self.phase1_epochs:
+            message = self._receive()
+            if message is None or message[0] != GRADIENT:
+                continue
+            _, w, slot, versions, loss, n_correct, n = message
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"the loss became {loss} in epoch {epoch}")
+            loss_sum += loss * n
+            correct += n_correct
+            seen += n
+            if cfg.sync:
+                waiting[w] = (w, slot, versions, n)
+                if len(waiting) < K:
+                    continue
+                server.apply_average(list(waiting.values()))
+                released = list(waiting)
+                for worker, *_, count in waiting.values():
+                    consumed[worker] += count
+                total += sum(m[3] for m in waiting.values())
+                waiting.clear()
+            else:
+                server.apply(w, slot, versions)
+                released = [w]
+                total += n
+            if total >= epoch * self.n_train:
+                now = time.perf_counter()
+                evolve_seconds = self._end_of_phase_one_epoch(
+                    epoch, dict(train_loss=loss_sum / seen, train_accuracy=self._accuracy(correct, seen),
+                                train_seconds=now - epoch_started))
+                loss_sum = correct = seen = 0.0
+                epoch += 1
+                epoch_started = time.perf_counter()
+                self.training_seconds += epoch_started - now - evolve_seconds
+            if cfg.sync:
+                for worker in released:
+                    if consumed[worker] >= len(self.partitions[worker]):
+                        consumed[worker] = 0
+                        if epoch <= self.phase1_epochs:
+                            transport.write_order(worker, server.rng.permutation(len(self.partitions[worker])))
+            for worker in released:
+                transport.release_slot(worker)
+        self.training_seconds += time.perf_counter() - started
+        # The server's own time per update: phase one's wall time less its waits for messages and
+        # the end-of-epoch work (the workers' rate is what it cannot exceed).
+        self.server_busy_seconds = (time.perf_counter() - started - (transport.idle_seconds - idle_before)
+                                    - server.stats.evolve_seconds - self.snapshot_seconds)
+        self.server_cpu_seconds = (time.thread_time() - cpu_started - server.stats.evolve_seconds
+                                   - self.snapshot_seconds)
+        transport.set_command(PHASE_TWO if self.phase2 else STOP)
+
+    def _accuracy(self, correct, seen):
+        return float("nan") if self.model.loss != "cross-entropy" else correct / seen
+
+    def _end_of_phase_one_epoch(self, epoch, fields):
+        """Snapshot, evaluate in the background, evolve (not after the run's last epoch); returns evolve seconds."""
+        started = time.perf_counter()
+        snapshot = self.transport.read_model()
+        self.snapshot_seconds += time.perf_counter() - started
+        future = self.executor.submit(_evaluate, snapshot, self.data.X_test, self.data.y_test)
+        started = time.perf_counter()
+        if epoch < self.config.epochs:
+            self.server.end_of_epoch(epoch, snapshot)
+        evolve_seconds = time.perf_counter() - started
+        # As wasap.train.fit records it: the nnz after the epoch's topology change.
+        fields.update(epoch=epoch, nnz=self.server.nnz_per_layer(), evolve_seconds=evolve_seconds)
+        self.pending.append((fields, future, snapshot))
+        self._collect()
+        return evolve_seconds
+
+    def _collect(self, wait=False):
+        """Record the evaluated epochs, in order; raise TrainingDiverged on a non-finite one."""
+        while self.pending and (wait or self.pending[0][1].done()):
+            fields, future, snapshot = self.pending.popleft()
+            test_loss, test_accuracy, eval_seconds, finite = future.result()
+            if not finite:
+                self.pending.clear()
+                raise TrainingDiverged(f"the weights became non-finite in epoch {fields['epoch']}")
+            self._record(fields, test_loss, test_accuracy, eval_seconds)
+            self.last_good = snapshot
+
+    def _record(self, fields, test_loss, test_accuracy, eval_seconds):
+        record = self.recorder.epoch(epoch=fields["epoch"], train_loss=fields["train_loss"],
+                                     train_accuracy=fields["train_accuracy"], test_loss=test_loss,
+                                     test_accuracy=test_accuracy, nnz=fields["nnz"],
+                                     train_seconds=fields["train_seconds"], eval_seconds=eval_seconds,
+                                     evolve_seconds=fields["evolve_seconds"])
+        self.log(f"[phase {self.phase}] " + self.recorder.describe(record))
+
+    # -- phase two -------------------------------------------------------------------------------------
+
+    def _phase_two(self):
+        cfg = self.config
+        self._collect(wait=True)
+        self.phase = 2
+        served = self.transport.read_model()
+        targets = served.nnz_per_layer()
+        self.current = served
+        received = {}
+        epoch = cfg.phase2_start
+        epoch_started = time.perf_counter()
+        while epoch <= cfg.epochs:
+            message = self._receive()
+            if message is None or message[0] != REPLICA:
+                continue  # late phase-one gradients are dropped
+            _, w, replica_epoch, loss, n_correct, n = message
+            layers = self.transport.gather_replica(w)
+            self.transport.release_replica(w)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"worker {w}'s replica diverged in epoch {replica_epoch}")
+            received.setdefault(replica_epoch, {})[w] = (layers, loss, n_correct, n)
+            while len(received.get(epoch, ())) == self.n_workers:
+                group = received.pop(epoch)
+                now = time.perf_counter()
+                train_seconds = now - epoch_started
+                self.training_seconds += train_seconds
+                replicas = [group[w][0] for w in range(self.n_workers)]
+                # Importance Pruning in the replicas only shrinks: keep no more than the smallest replica.
+                layer_targets = [min([targets[l]] + [r[l].nnz for r in replicas]) for l in range(len(targets))]
+                average = averaged_model(replicas, layer_targets, self.model)
+                average_seconds = time.perf_counter() - now
+                test_loss, test_accuracy, eval_seconds, finite = _evaluate(average, self.data.X_test,
+                                                                           self.data.y_test)
+                if not finite:
+                    raise TrainingDiverged(f"the averaged weights became non-finite in epoch {epoch}")
+                seen = sum(g[3] for g in group.values())
+                fields = dict(epoch=epoch, train_loss=sum(g[1] * g[3] for g in group.values()) / seen,
+                              train_accuracy=self._accuracy(sum(g[2] for g in group.values()), seen),
+                              nnz=average.nnz_per_layer(), train_seconds=train_seconds,
+                              evolve_seconds=average_seconds)
+                self._record(fields, test_loss, test_accuracy, eval_seconds)
+                self.current = self.last_good = average
+                epoch += 1
+                epoch_started = time.perf_counter()
+        self.transport.set_command(STOP)
+
+    # -- the end -----------------------------------------------------------------------------------------
+
+    def _finish_pending(self, stop_reason):
+        """Record the epochs whose evaluation is still running (they were completed)."""
+        if stop_reason == "diverged":
+            self.pending.clear()
+            return
+        try:
+            self._collect(wait=True)
+        except TrainingDiverged:
+            pass
+
+    def _final_model(self, stop_reason):
+        if stop_reason == "diverged":
+            return self.last_good
+        if self.current is not None:
+            return self.current
+        if self.transport is not None and not self.transport.blocks._closed:
+            return self.transport.read_model()
+        return self.last_good
+
+    def _profile(self, sampler):
+        transport = self.transport
+        tables = transport.time_tables() if transport is not None else np.zeros((0, 2, 6))
+        server = self.server.stats.as_dict(self.training_seconds) if self.server is not None else {}
+        if server:
+            server["training_seconds"] = self.training_seconds
+            if self.server_busy_seconds is not None and server["updates"]:
+                server["busy_seconds"] = self.server_busy_seconds
+                server["busy_seconds_per_update"] = self.server_busy_seconds / server["updates"]
+                server["cpu_seconds_per_update"] = max(0.0, self.server_cpu_seconds) / server["updates"]
+        extra = dict(workers=self.n_workers, sync=self.config.sync, phase2_start=self.config.phase2_start,
+                     start_method=self.start_method, threads_per_worker=self.threads, slots=self.n_slots,
+                     shared_bytes=transport.blocks.nbytes if transport is not None else 0, server=server)
+        return build_profile(sampler, tables, extra=extra)
+
+    def _facts(self, profile):
+        busy = {name: {key: value for key, value in entry.items()
+                       if key.startswith(("busy", "wait", "cpu_share", "compute_share", "mean_cpu", "peak"))}
+                for name, entry in profile.get("summary", {}).items()}
+        return dict(workers=self.n_workers, sync=self.config.sync, phase2_start=self.config.phase2_start,
+                    start_method=self.start_method, threads_per_worker=self.threads, slots=self.n_slots,
+                    shared_bytes=profile.get("shared_bytes"), server=profile.get("server"), processes=busy)
+
+
+def _evaluate(model, X, y):
+    """Test loss and accuracy of ``model``, the seconds it took, and whether its weights are finite."""
+    started = time.perf_counter()
+    loss, accuracy = model.evaluate(X, y)
+    finite = math.isfinite(loss) and model.is_finite()
+    return loss, accuracy, time.perf_counter() - started, finite
+
+
+__all__ = ["START_METHODS", "WorkerFailed", "available_cores", "fit_parallel", "resolve_workers"]

@@ -1,0 +1,191 @@
+"""A WASAP-SGD worker process: gradients in phase one, an independent replica in phase two.
+
+Phase one (Algorithm 1, lines 2-10), one step:
+
+1. wait for a free gradient slot (two per worker: the worker computes the
+   next gradient while the server applies the last; in the synchronous
+   variant one slot, so the slot coming back is the server's go);
+2. pull the weights into a local working copy (under each layer's lock; the
+   column view is rebuilt only when the layer's topology version changed);
+3. compute the mini-batch gradient with the core kernels
+   (:meth:`wasap.model.SparseMLP.gradient_batch`) straight into the slot;
+4. push ``(worker, slot, versions, loss, ...)``.
+
+The worker walks its partition (rows ``w, w + K, w + 2K, ...`` of the training
+data, one contiguous block of the shared copy, never copied again) in a fresh
+random order each local epoch: its own
+generator in the asynchronous variant, the server's in the synchronous one
+(which reproduces the sequential trainer's draws for one worker). Batch ``i``
+of worker ``w`` drops out with ``stream_seed(seed, i * K + w)``, the sequential
+trainer's ``stream_seed(seed, step)`` when K = 1.
+
+Phase two (lines 24-33): the worker trains a private copy of the served model
+with a :class:`wasap.train.SequentialTrainer` seeded per worker, on its
+partition, with its own SET evolution, and publishes the replica after every
+local epoch (before evolving) for the server to average.
+"""
+
+import math
+import os
+import signal
+import time
+import traceback
+
+import numpy as np
+
+from .. import kernels
+from ..model import stream_seed
+from ..profiling import TimeAccount
+from ..train import SequentialTrainer, TrainingDiverged, gather_transposed
+from .transport import DONE, FAILED, PHASE_TWO, READY, RUN, STOP, WAIT, SharedMemoryWorkerTransport
+
+_POLL = 0.1
+
+
+class _Stopped(Exception):
+    """The server said STOP in the middle of a local epoch."""
+
+
+def worker_main(handle, worker, n_workers, config, threads, first_phase2_epoch):
+    """Entry point of a worker process (started with "spawn" or "forkserver").
+
+    Parameters
+    ----------
+    handle : dict
+        :meth:`wasap.parallel.transport.SharedMemoryTransport.worker_handle`.
+    worker, n_workers : int
+    config : wasap.config.TrainConfig
+    threads : int
+        Kernel threads of this worker (its share of the cores).
+    first_phase2_epoch : int or None
+        The epoch phase two starts at (None: no phase two).
+    """
+    # Ctrl-C in a terminal reaches the whole process group; the main process
+    # decides what happens (stop, keep the model) and tells the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    transport = SharedMemoryWorkerTransport(handle)
+    try:
+        kernels.set_threads(threads)
+        model = transport.read_model()
+        _warm_up(model, config.batch_size, transport.partition()[0])
+        account = TimeAccount(transport.time_table())
+        transport.account = account
+        transport.send((READY, worker, os.getpid()))
+        _run(transport, account, model, worker, n_workers, config, first_phase2_epoch)
+        transport.send((DONE, worker))
+    except BaseException:
+        try:
+            transport.send((FAILED, worker, traceback.format_exc()))
+        except Exception:
+            pass
+        raise
+    finally:
+        transport.close()
+
+
+def _warm_up(model, batch_size, X_part):
+    """Before the clock starts: map this worker's data pages and load the kernels (numba's cache).
+
+    A shared block's pages are mapped into a process on first touch; touching one value per 4 KiB
+    page now keeps those page faults out of the first epoch's batches.
+    """
+    flat = X_part.reshape(-1)
+    float(flat[::1024].sum())
+    x_t = np.zeros((model.n_features, batch_size), dtype=np.float32)
+    target = np.zeros(batch_size, dtype=np.int64) if model.loss == "cross-entropy" else \
+        np.zeros((model.n_outputs, batch_size), dtype=np.float32)
+    grads = [np.empty(layer.nnz, dtype=np.float32) for layer in model.layers]
+    bias_grads = [np.empty(layer.n_out, dtype=np.float32) for layer in model.layers]
+    model.gradient_batch(x_t, target, grads, bias_grads, dropout=0.5, dropout_seed=0)
+
+
+def _run(transport, account, model, worker, n_workers, config, first_phase2_epoch):
+    """Follow the command word: wait, phase one, phase two, stop."""
+    while True:
+        command = transport.command()
+        if command == STOP:
+            return
+        if command == WAIT:
+            # Every worker starts at once (the synchronous variant needs all K anyway).
+            time.sleep(0.01)
+            account.charge("slot_wait")
+        elif command == RUN:
+            _phase_one(transport, account, model, worker, n_workers, config)
+        elif command == PHASE_TWO:
+            _phase_two(transport, account, worker, n_workers, config, first_phase2_epoch)
+            return
+
+
+def _phase_one(transport, account, model, worker, n_workers, config):
+    """Gradients until the command word leaves RUN (see the module docstring)."""
+    X, y = transport.partition()
+    n_rows = X.shape[0]
+    regression = model.loss != "cross-entropy"
+    rng = np.random.default_rng(stream_seed(config.seed, 0x5E7, 1 + worker))
+    versions = [-1] * len(model.layers)  # forces the first pull to take the structure
+    n_slots = transport.slot_count
+    step = 0
+    position = n_rows  # start with a fresh order
+    order = None
+    account.charge("other")
+    while True:
+        if not transport.acquire_slot(_POLL):
+            account.charge("slot_wait")
+            if transport.command() != RUN:
+                return
+            continue
+        account.charge("slot_wait")
+        if transport.command() != RUN:
+            return
+        if position >= n_rows:
+            order = transport.order(n_rows) if config.sync else rng.permutation(n_rows)
+            position = 0
+        versions = transport.pull_weights(model, versions)
+        batch_rows = order[position:position + config.batch_size]
+        position += batch_rows.shape[0]
+        x_t = gather_transposed(X, batch_rows)
+        target = np.ascontiguousarray(y[batch_rows].T, dtype=np.float32) if regression else y[batch_rows]
+        account.charge("data")
+        slot = step % n_slots
+        grads, bias_grads = transport.gradient_slot(slot, model.nnz_per_layer())
+        loss, n_correct = model.gradient_batch(x_t, target, grads, bias_grads, dropout=config.dropout,
+                                               dropout_seed=stream_seed(config.seed, step * n_workers + worker))
+        account.charge("compute")
+        transport.push_gradient(slot, versions, loss, n_correct, batch_rows.shape[0])
+        account.count()
+        step += 1
+        account.charge("other")
+
+
+def _phase_two(transport, account, worker, n_workers, config, first_epoch):
+    """Local training of a replica from ``first_epoch`` to ``config.epochs``, published after each epoch."""
+    account.set_phase(2)
+    # Views of the shared block: the partition is never copied.
+    X_part, y_part = transport.partition()
+    replica = transport.read_model()
+    trainer = SequentialTrainer(replica, config.replace(seed=stream_seed(config.seed, 0x2EA1, worker)))
+    account.charge("data")
+
+    def stop_when_told(_samples):
+        # Called after every batch: a STOP (Ctrl-C, a failed worker) ends a long local epoch at once.
+        if transport.command() == STOP:
+            raise _Stopped
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        try:
+            loss, accuracy = trainer.train_epoch(X_part, y_part, progress=stop_when_told)
+        except TrainingDiverged:
+            loss, accuracy = float("nan"), float("nan")
+        except _Stopped:
+            return
+        account.charge("compute")
+        n = X_part.shape[0]
+        n_correct = 0 if math.isnan(accuracy) else int(round(accuracy * n))
+        while not transport.publish_replica(replica, epoch, loss, n_correct, n, _POLL):
+            if transport.command() == STOP:
+                return
+        account.count()
+        if not math.isfinite(loss) or transport.command() == STOP:
+            return
+        trainer.end_of_epoch(epoch, last=epoch == config.epochs)
+        account.charge("compute")
