@@ -35,7 +35,7 @@ def test_short_madelon_run_writes_the_contracted_outputs(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["hidden"] == [400, 100, 400]
     assert summary["config"]["epsilon"] == 10 and summary["config"]["batch_size"] == 32
-    assert summary["config"]["weight_decay"] == pytest.approx(4e-3)
+    assert summary["config"]["weight_decay"] == pytest.approx(6e-3)
     assert summary["nnz_start"] == records[0]["nnz"]
     assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
     assert summary["init_seconds"] > 0 and summary["peak_rss_bytes"] > 0

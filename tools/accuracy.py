@@ -32,21 +32,24 @@ def run_seed(seed, out_root, run_args, threads):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=5, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds FIRST..FIRST+N-1 (tune on other seeds than you report)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (each with one thread)")
     parser.add_argument("--out", default="runs/accuracy", help="folder of the runs")
     parser.add_argument("--json", help="also write the summary here")
     args, run_args = parser.parse_known_args()
     run_args = [a for a in run_args if a != "--"]
     with ThreadPoolExecutor(args.parallel) as pool:
-        summaries = list(pool.map(lambda s: run_seed(s, args.out, run_args, 1), range(args.seeds)))
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        summaries = list(pool.map(lambda s: run_seed(s, args.out, run_args, 1), seeds))
     best = np.array([s["best_test_accuracy"] for s in summaries]) * 100
     final = np.array([s["final_test_accuracy"] for s in summaries]) * 100
     nnz_start = np.array([sum(s["nnz_start"]) for s in summaries])
     nnz_end = np.array([sum(s["nnz_end"]) for s in summaries])
     seconds = np.array([s["total_seconds"] for s in summaries])
-    print(f"command: python -m wasap.run {' '.join(run_args)} --seed S  (S = 0..{args.seeds - 1})")
-    for seed, s in enumerate(summaries):
+    print(f"command: python -m wasap.run {' '.join(run_args)} --seed S  (S = {seeds[0]}..{seeds[-1]})")
+    for seed, s in zip(seeds, summaries):
         print(f"  seed {seed}: best {100 * s['best_test_accuracy']:.2f}%  final {100 * s['final_test_accuracy']:.2f}%"
               f"  nnz {sum(s['nnz_start'])} -> {sum(s['nnz_end'])}  {s['total_seconds']:.0f}s")
     print(f"best test accuracy  {best.mean():.2f} +- {best.std(ddof=1) if len(best) > 1 else 0:.2f} %"
