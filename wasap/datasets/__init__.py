@@ -1,0 +1,1 @@
+"""Data shipped with wasap: Madelon (see MADELON_PROVENANCE.md)."""
