@@ -75,9 +75,11 @@ def plot(profile, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("profile", help="a run's profile.json")
+    parser.add_argument("profile", help="a run's profile.json, or its output folder")
     parser.add_argument("-o", "--output", help="PNG to write (default: next to profile.json)")
     args = parser.parse_args(argv)
+    if os.path.isdir(args.profile):
+        args.profile = os.path.join(args.profile, "profile.json")
     with open(args.profile) as stream:
         profile = json.load(stream)
     output = args.output or os.path.splitext(args.profile)[0] + ".png"

@@ -189,3 +189,8 @@ def _phase_two(transport, account, worker, n_workers, config, first_epoch):
             return
         trainer.end_of_epoch(epoch, last=epoch == config.epochs)
         account.charge("compute")
+    # Stay until the server has gathered the last replica and says STOP: a worker
+    # that ended first would look like one that failed.
+    while transport.command() != STOP:
+        time.sleep(_POLL)
+    account.charge("slot_wait")
