@@ -41,6 +41,10 @@ class TrainConfig:
     zeta : float
         Fraction of each sign's weights that SET removes and regrows per epoch.
     epochs, batch_size : int
+    micro_batch : int or None
+        Split each batch into parts of at most this many samples whose
+        gradients accumulate into one update: activation memory for
+        ``micro_batch`` samples instead of ``batch_size`` (wide layers).
     lr, momentum, weight_decay, dropout : float
     importance_pruning : bool
     ip_start, ip_every : int
@@ -70,6 +74,7 @@ class TrainConfig:
     zeta: float = 0.3
     epochs: int = 100
     batch_size: int = 128
+    micro_batch: int = None
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 2e-4
@@ -113,6 +118,8 @@ class TrainConfig:
         _in_range("zeta", self.zeta, 0.0, 1.0)
         _integer("epochs", self.epochs, 0)
         _integer("batch_size", self.batch_size, 1)
+        if self.micro_batch is not None:
+            _integer("micro_batch", self.micro_batch, 1)
         _positive("lr", self.lr)
         _in_range("momentum", self.momentum, 0.0, 1.0, upper_open=True)
         _at_least("weight_decay", self.weight_decay, 0.0)

@@ -559,25 +559,29 @@ def forward_layer(col_indptr, col_rows, col_perm, data, bias, a_prev, act, slope
 
 MODE_UPDATE = 0
 MODE_GRADIENT = 1
+#: Add the gradient to ``grad_out`` (micro-batches of one batch accumulate).
+MODE_ACCUMULATE = 2
 
 #: The backward pass prefetches the delta row this many nonzeros ahead.
 _PREFETCH_AHEAD = 2
 
 
 @njit(inline="always")
-def _finish(k, g, w, data, velocity, grad_out, update, lr, momentum, weight_decay):
+def _finish(k, g, w, data, velocity, grad_out, mode, lr, momentum, weight_decay):
     """Momentum SGD on one weight, or hand its gradient out (see backward_layer)."""
-    if update:
+    if mode == MODE_UPDATE:
         v = momentum * velocity[k] - lr * (g + weight_decay * w)
         velocity[k] = v
         data[k] = w + v
+    elif mode == MODE_ACCUMULATE:
+        grad_out[k] += g
     else:
         grad_out[k] = g
 
 
 @njit(inline="always")
 def _bwd_row(proto, nbytes, i, start, stop, indices, data, velocity, a_prev, delta, deriv_prev, delta_prev,
-             need_delta_prev, update, grad_out, lr, momentum, weight_decay):
+             need_delta_prev, mode, grad_out, lr, momentum, weight_decay):
     """Row ``i`` with the whole batch in registers: ``x``, the accumulator of the
     delta below, and one delta row at a time (the row two nonzeros ahead is
     prefetched: measured 10% faster)."""
@@ -590,7 +594,7 @@ def _bwd_row(proto, nbytes, i, start, stop, indices, data, velocity, a_prev, del
             d = vload(delta, uget(indices, k), 0, proto)
             w = uget(data, k)
             acc = vfma(vsplat(proto, w), d, acc)
-            _finish(k, vdot(x, d), w, data, velocity, grad_out, update, lr, momentum, weight_decay)
+            _finish(k, vdot(x, d), w, data, velocity, grad_out, mode, lr, momentum, weight_decay)
         # deriv_prev may be the very buffer delta_prev: read before the store.
         vstore(delta_prev, i, 0, vmul(acc, vload(deriv_prev, i, 0, proto)))
     else:
@@ -598,7 +602,7 @@ def _bwd_row(proto, nbytes, i, start, stop, indices, data, velocity, a_prev, del
             if k + _PREFETCH_AHEAD < stop:
                 vprefetch_row(delta, uget(indices, k + _PREFETCH_AHEAD), nbytes)
             d = vload(delta, uget(indices, k), 0, proto)
-            _finish(k, vdot(x, d), uget(data, k), data, velocity, grad_out, update, lr, momentum, weight_decay)
+            _finish(k, vdot(x, d), uget(data, k), data, velocity, grad_out, mode, lr, momentum, weight_decay)
 
 
 @njit(parallel=True, **_KERNEL_OPTIONS)
@@ -614,7 +618,8 @@ def backward_layer(indptr, indices, data, velocity, a_prev, delta, deriv_prev, d
       *before* this step's update, as backpropagation requires;
     - ``MODE_UPDATE``: momentum SGD in place, ``v = mu v - lr (g + wd w)``,
       ``w += v``; ``MODE_GRADIENT``: ``grad_out[k] = g`` (a parallel worker
-      pushes gradients instead of updating).
+      pushes gradients instead of updating); ``MODE_ACCUMULATE``:
+      ``grad_out[k] += g`` (the micro-batches of one batch).
 
     Batches of 16, 32, 64 and 128 keep a whole row in registers; other sizes
     take a generic path.
@@ -639,9 +644,9 @@ def backward_layer(indptr, indices, data, velocity, a_prev, delta, deriv_prev, d
     need_delta_prev : bool
         False for the first layer (nothing below the input).
     mode : int
-        ``MODE_UPDATE`` or ``MODE_GRADIENT``.
+        ``MODE_UPDATE``, ``MODE_GRADIENT`` or ``MODE_ACCUMULATE``.
     grad_out : (nnz,) float32
-        Written in ``MODE_GRADIENT``.
+        Written in ``MODE_GRADIENT``, added to in ``MODE_ACCUMULATE``.
     lr, momentum, weight_decay : float
     bias, bias_velocity : (n_out,) float32, optional
         When given, the bias step is fused too: its gradient is
@@ -653,33 +658,32 @@ def backward_layer(indptr, indices, data, velocity, a_prev, delta, deriv_prev, d
     """
     n_in = indptr.shape[0] - 1
     batch = a_prev.shape[1]
-    update = mode == MODE_UPDATE
     # float32 update arithmetic (float64 scalars cost ~14% of the pass in conversions)
     lr = np.float32(lr)
     momentum = np.float32(momentum)
     weight_decay = np.float32(weight_decay)
     if bias is not None:
-        _bias_step(delta, bias, bias_velocity, bias_grad_out, update, lr, momentum)
+        _bias_step(delta, bias, bias_velocity, bias_grad_out, mode, lr, momentum)
     if batch == 128:
         p128 = vzeros128()
         for i in prange(n_in):
             _bwd_row(p128, 512, i, indptr[i], indptr[i + 1], indices, data, velocity, a_prev, delta, deriv_prev,
-                     delta_prev, need_delta_prev, update, grad_out, lr, momentum, weight_decay)
+                     delta_prev, need_delta_prev, mode, grad_out, lr, momentum, weight_decay)
     elif batch == 64:
         p64 = vzeros64()
         for i in prange(n_in):
             _bwd_row(p64, 256, i, indptr[i], indptr[i + 1], indices, data, velocity, a_prev, delta, deriv_prev,
-                     delta_prev, need_delta_prev, update, grad_out, lr, momentum, weight_decay)
+                     delta_prev, need_delta_prev, mode, grad_out, lr, momentum, weight_decay)
     elif batch == 32:
         p32 = vzeros32()
         for i in prange(n_in):
             _bwd_row(p32, 128, i, indptr[i], indptr[i + 1], indices, data, velocity, a_prev, delta, deriv_prev,
-                     delta_prev, need_delta_prev, update, grad_out, lr, momentum, weight_decay)
+                     delta_prev, need_delta_prev, mode, grad_out, lr, momentum, weight_decay)
     elif batch == 16:
         p16 = vzeros16()
         for i in prange(n_in):
             _bwd_row(p16, 64, i, indptr[i], indptr[i + 1], indices, data, velocity, a_prev, delta, deriv_prev,
-                     delta_prev, need_delta_prev, update, grad_out, lr, momentum, weight_decay)
+                     delta_prev, need_delta_prev, mode, grad_out, lr, momentum, weight_decay)
     else:
         for i in prange(n_in):
             x = a_prev[i]
@@ -703,14 +707,14 @@ def backward_layer(indptr, indices, data, velocity, a_prev, delta, deriv_prev, d
                 if need_delta_prev:
                     for b in range(batch):
                         acc[b] += w0 * d0[b]
-                _finish(k, s0, w0, data, velocity, grad_out, update, lr, momentum, weight_decay)
+                _finish(k, s0, w0, data, velocity, grad_out, mode, lr, momentum, weight_decay)
             if need_delta_prev:
                 for b in range(batch):
                     acc[b] *= scale[b]
 
 
 @njit(inline="always")
-def _bias_step(delta, bias, bias_velocity, bias_grad_out, update, lr, momentum):
+def _bias_step(delta, bias, bias_velocity, bias_grad_out, mode, lr, momentum):
     n_out = delta.shape[0]
     batch = delta.shape[1]
     for j in prange(n_out):
@@ -718,10 +722,12 @@ def _bias_step(delta, bias, bias_velocity, bias_grad_out, update, lr, momentum):
         g = np.float32(0.0)
         for b in range(batch):
             g += row[b]
-        if update:
+        if mode == MODE_UPDATE:
             v = bias_velocity[j] * momentum - lr * g
             bias_velocity[j] = v
             bias[j] += v
+        elif mode == MODE_ACCUMULATE:
+            bias_grad_out[j] += g
         else:
             bias_grad_out[j] = g
 

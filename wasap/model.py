@@ -14,6 +14,7 @@ import scipy.sparse
 
 from . import activations, kernels, topology
 from .files import atomic_file
+from .optim import momentum_step
 
 MODEL_FORMAT = "wasap-model-1"
 
@@ -171,6 +172,7 @@ class SparseMLP:
         hidden = activations.hidden_activation_codes(activation, alpha, len(layers) - 1)
         self._codes = hidden + [activations.output_activation_code(output_activation)]
         self._workspaces = {}
+        self._accumulators = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -250,8 +252,9 @@ class SparseMLP:
         return ws
 
     def release_workspaces(self):
-        """Free the cached batch buffers (they are rebuilt on demand)."""
+        """Free the cached batch buffers and gradient accumulators (they are rebuilt on demand)."""
         self._workspaces.clear()
+        self._accumulators = None
 
     # -- passes ----------------------------------------------------------------------------------
 
@@ -313,16 +316,20 @@ class SparseMLP:
         ws.delta_out[...] = delta
         return loss, 0
 
-    def backward(self, x_t, ws, *, lr=0.0, momentum=0.0, weight_decay=0.0, grads=None, bias_grads=None):
+    def backward(self, x_t, ws, *, lr=0.0, momentum=0.0, weight_decay=0.0, grads=None, bias_grads=None,
+                 accumulate=False):
         """Backward pass after :meth:`forward` and :meth:`loss_and_delta`.
 
         With ``grads`` None the weights are updated in place (momentum SGD, fused
         in the kernel) and so are the biases; otherwise the gradients are written
-        to ``grads[l]`` ``(nnz_l,)`` and ``bias_grads[l]`` ``(n_out_l,)`` and the
-        model is left unchanged.
+        to ``grads[l]`` ``(nnz_l,)`` and ``bias_grads[l]`` ``(n_out_l,)`` (added
+        to them with ``accumulate``) and the model is left unchanged.
         """
         update = grads is None
-        mode = kernels.MODE_UPDATE if update else kernels.MODE_GRADIENT
+        if update:
+            mode = kernels.MODE_UPDATE
+        else:
+            mode = kernels.MODE_ACCUMULATE if accumulate else kernels.MODE_GRADIENT
         empty = np.empty(0, dtype=np.float32)
         delta = ws.delta_out
         for l in range(len(self.layers) - 1, -1, -1):
@@ -336,7 +343,8 @@ class SparseMLP:
             )
             delta = below
 
-    def train_batch(self, x_t, target, *, lr, momentum, weight_decay, dropout=0.0, dropout_seed=0):
+    def train_batch(self, x_t, target, *, lr, momentum, weight_decay, dropout=0.0, dropout_seed=0,
+                    micro_batch=None):
         """One momentum SGD step on a batch; returns ``(loss, n_correct)``.
 
         Parameters
@@ -345,12 +353,55 @@ class SparseMLP:
         target : (batch,) int or (n_outputs, batch) float32
         lr, momentum, weight_decay, dropout : float
         dropout_seed : int
+        micro_batch : int, optional
+            Split the batch into parts of at most this many samples whose
+            gradients add up to the batch's, then take one step: the same
+            update (dropout masks aside: each part draws its own) with
+            activation buffers for ``micro_batch`` samples instead of the batch.
         """
+        if micro_batch is not None and x_t.shape[1] > micro_batch:
+            return self._train_batch_in_parts(x_t, target, micro_batch, lr=lr, momentum=momentum,
+                                              weight_decay=weight_decay, dropout=dropout,
+                                              dropout_seed=dropout_seed)
         ws = self.workspace(x_t.shape[1], training=True)
         output = self.forward(x_t, ws, dropout=dropout, dropout_seed=dropout_seed)
         loss, n_correct = self.loss_and_delta(output, target, ws)
         self.backward(x_t, ws, lr=lr, momentum=momentum, weight_decay=weight_decay)
         return loss, n_correct
+
+    def _train_batch_in_parts(self, x_t, target, micro_batch, *, lr, momentum, weight_decay, dropout, dropout_seed):
+        """:meth:`train_batch` through gradient accumulation over micro-batches."""
+        batch = x_t.shape[1]
+        grads, bias_grads = self._gradient_buffers()
+        total_loss = 0.0
+        total_correct = 0
+        for part, start in enumerate(range(0, batch, micro_batch)):
+            stop = min(start + micro_batch, batch)
+            ws = self.workspace(stop - start, training=True)
+            ws.x_t[...] = x_t[:, start:stop]
+            output = self.forward(ws.x_t, ws, dropout=dropout, dropout_seed=stream_seed(dropout_seed, part))
+            part_target = target[start:stop] if target.ndim == 1 else target[:, start:stop]
+            loss, n_correct = self.loss_and_delta(output, part_target, ws)
+            # The part's delta is a mean over its samples; the batch's gradient is a mean over the batch.
+            ws.delta_out *= np.float32((stop - start) / batch)
+            self.backward(ws.x_t, ws, grads=grads, bias_grads=bias_grads, accumulate=True)
+            total_loss += loss * (stop - start)
+            total_correct += n_correct
+        for layer, grad, bias_grad in zip(self.layers, grads, bias_grads):
+            momentum_step(layer.data, grad, layer.velocity, lr=lr, momentum=momentum, weight_decay=weight_decay)
+            momentum_step(layer.bias, bias_grad, layer.bias_velocity, lr=lr, momentum=momentum)
+        return total_loss / batch, total_correct
+
+    def _gradient_buffers(self):
+        """Zeroed gradient accumulators, ``(nnz_l,)`` and ``(n_out_l,)`` per layer, kept between batches."""
+        buffers = self._accumulators
+        if buffers is None or [g.shape[0] for g in buffers[0]] != self.nnz_per_layer():
+            buffers = self._accumulators = ([np.zeros(layer.nnz, dtype=np.float32) for layer in self.layers],
+                                            [np.zeros(layer.n_out, dtype=np.float32) for layer in self.layers])
+        else:
+            for grad in (*buffers[0], *buffers[1]):
+                grad.fill(0.0)
+        return buffers
 
     def gradient_batch(self, x_t, target, grads, bias_grads, *, dropout=0.0, dropout_seed=0):
         """Gradients of a batch's mean loss, written into ``grads``/``bias_grads``; returns ``(loss, n_correct)``."""

@@ -14,10 +14,25 @@ gradient apart from the pass that computed it (a parameter server, biases).
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _momentum_kernel(param, grad, velocity, lr, momentum, weight_decay):
+    # float32 scalars, the expression of the fused backward kernel: one update
+    # rule, whichever pass applies it.
+    lr = np.float32(lr)
+    momentum = np.float32(momentum)
+    weight_decay = np.float32(weight_decay)
+    for k in range(param.shape[0]):
+        w = param[k]
+        v = momentum * velocity[k] - lr * (grad[k] + weight_decay * w)
+        velocity[k] = v
+        param[k] = w + v
 
 
 def momentum_step(param, grad, velocity, *, lr, momentum, weight_decay=0.0):
-    """Apply one momentum SGD step in place.
+    """Apply one momentum SGD step in place, in one pass and no temporaries.
 
     Parameters
     ----------
@@ -28,12 +43,9 @@ def momentum_step(param, grad, velocity, *, lr, momentum, weight_decay=0.0):
         Updated in place.
     lr, momentum, weight_decay : float
     """
-    velocity *= np.float32(momentum)
-    if weight_decay:
-        velocity -= np.float32(lr) * (grad + np.float32(weight_decay) * param)
-    else:
-        velocity -= np.float32(lr) * grad
-    param += velocity
+    if not (param.shape == grad.shape == velocity.shape):
+        raise ValueError(f"param {param.shape}, grad {grad.shape} and velocity {velocity.shape} must match.")
+    _momentum_kernel(param, grad, velocity, float(lr), float(momentum), float(weight_decay))
 
 
 @dataclass

@@ -105,6 +105,8 @@ def build_parser():
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
+    train.add_argument("--micro-batch", type=int,
+                       help="split batches into parts of this many samples (same update, less activation memory)")
     train.add_argument("--lr", type=float, help="learning rate (default 0.01; 0.02 for fashion-mnist)")
     train.add_argument("--momentum", type=float, default=0.9)
     train.add_argument("--weight-decay", type=float,
@@ -145,7 +147,7 @@ def config_from_args(args):
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return TrainConfig(
         **values, activation=args.activation, init=args.init, zeta=args.zeta, momentum=args.momentum,
-        dropout=args.dropout, importance_pruning=args.importance_pruning,
+        dropout=args.dropout, micro_batch=args.micro_batch, importance_pruning=args.importance_pruning,
         ip_start=args.ip_start, ip_every=args.ip_every, ip_percentile=args.ip_percentile, seed=args.seed,
         threads=args.threads or default_threads(), workers=workers, sync=args.sync, phase2_start=args.phase2_start,
     )

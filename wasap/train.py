@@ -99,12 +99,15 @@ class SequentialTrainer:
         regression = model.loss != "cross-entropy"
         total_loss = 0.0
         total_correct = 0
+        in_parts = cfg.micro_batch is not None and cfg.micro_batch < cfg.batch_size
         for rows in batches_of(self.rng.permutation(X.shape[0]), cfg.batch_size):
-            x_t = gather_transposed(X, rows, model.workspace(rows.shape[0], training=True).x_t)
+            # Micro-batches have workspaces of their own: no activations for the whole batch.
+            into = None if in_parts else model.workspace(rows.shape[0], training=True).x_t
+            x_t = gather_transposed(X, rows, into)
             target = np.ascontiguousarray(y[rows].T, dtype=np.float32) if regression else y[rows]
             loss, n_correct = model.train_batch(
                 x_t, target, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                dropout=cfg.dropout, dropout_seed=stream_seed(cfg.seed, self.step),
+                dropout=cfg.dropout, dropout_seed=stream_seed(cfg.seed, self.step), micro_batch=cfg.micro_batch,
             )
             self.step += 1
             if not math.isfinite(loss):

@@ -36,19 +36,11 @@ _KERNEL = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
 
 @njit(**_KERNEL)
-def _momentum_all(data, velocity, grad, lr, momentum, weight_decay):
-    # Written exactly as the fused backward kernel writes it (float64 scalars,
-    # float32 arrays), so that one synchronous worker reproduces the sequential
-    # trainer bit for bit.
-    for k in range(grad.shape[0]):
-        w = data[k]
-        v = momentum * velocity[k] - lr * (grad[k] + weight_decay * w)
-        velocity[k] = v
-        data[k] = w + v
-
-
-@njit(**_KERNEL)
 def _momentum_where(data, velocity, grad, where, lr, momentum, weight_decay):
+    # wasap.optim.momentum_step's rule, through a remapping of a stale gradient.
+    lr = np.float32(lr)
+    momentum = np.float32(momentum)
+    weight_decay = np.float32(weight_decay)
     for k in range(grad.shape[0]):
         j = where[k]
         if j < 0:
@@ -77,7 +69,7 @@ def apply_gradient(data, velocity, grad, *, lr, momentum, weight_decay, where=No
     if where is None:
         if grad.shape[0] != data.shape[0]:
             raise ValueError(f"a gradient of {grad.shape[0]} entries for a layer of {data.shape[0]}")
-        _momentum_all(data, velocity, grad, float(lr), float(momentum), float(weight_decay))
+        momentum_step(data, grad, velocity, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         _momentum_where(data, velocity, grad, where, float(lr), float(momentum), float(weight_decay))
 

@@ -1,0 +1,56 @@
+"""Micro-batches: the same update as the whole batch, with activations for fewer samples."""
+
+import types
+
+import numpy as np
+import pytest
+
+from wasap import SparseMLP, TrainConfig, fit
+from wasap.model import stream_seed
+
+
+def network(seed=0, loss="cross-entropy"):
+    output = "softmax" if loss == "cross-entropy" else "identity"
+    return SparseMLP.random([9, 12, 7, 3], epsilon=3, alpha=0.4, output_activation=output, loss=loss, seed=seed,
+                            warn=False)
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
+@pytest.mark.parametrize("micro_batch", [1, 5, 8])
+def test_micro_batches_give_the_whole_batch_update(loss, micro_batch):
+    rng = np.random.default_rng(1)
+    x_t = np.ascontiguousarray(rng.standard_normal((9, 16)).astype(np.float32))
+    target = (rng.integers(0, 3, 16) if loss == "cross-entropy"
+              else np.ascontiguousarray(rng.standard_normal((3, 16)).astype(np.float32)))
+    whole, parts = network(loss=loss), network(loss=loss)
+    for step in range(3):  # momentum carries over: check more than one step
+        loss_whole, correct_whole = whole.train_batch(x_t, target, lr=0.05, momentum=0.9, weight_decay=1e-3)
+        loss_parts, correct_parts = parts.train_batch(x_t, target, lr=0.05, momentum=0.9, weight_decay=1e-3,
+                                                      micro_batch=micro_batch)
+        assert loss_parts == pytest.approx(loss_whole, rel=1e-5)
+        assert correct_parts == correct_whole
+    for a, b in zip(whole.layers, parts.layers):
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(b.velocity, a.velocity, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(b.bias, a.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batches_keep_only_small_workspaces():
+    model = network()
+    rng = np.random.default_rng(2)
+    x_t = np.ascontiguousarray(rng.standard_normal((9, 64)).astype(np.float32))
+    model.train_batch(x_t, rng.integers(0, 3, 64), lr=0.01, momentum=0.9, weight_decay=0.0, dropout=0.3,
+                      dropout_seed=stream_seed(0, 1), micro_batch=16)
+    assert {batch for batch, _ in model._workspaces} == {16}
+
+
+def test_fit_with_micro_batches_learns():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 9)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+    data = types.SimpleNamespace(X_train=X[:300], y_train=y[:300], X_test=X[300:], y_test=y[300:],
+                                 classes=np.array([0, 1]))
+    config = TrainConfig(hidden=(16,), epsilon=4, epochs=25, batch_size=32, micro_batch=8, threads=1)
+    model = SparseMLP.from_config(9, 2, config, warn=False)
+    summary = fit(model, data, config, log=None)
+    assert summary["best_test_accuracy"] > 0.85
