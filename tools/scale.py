@@ -327,19 +327,7 @@ def rss_bytes():
 
 
 def peak_rss():
-    """Peak resident memory of this process's own memory image, in bytes.
-
-    ``getrusage``'s ru_maxrss survives fork and exec, so a worker would report its parent's peak (the
-    parent held the whole data set while generating it); ``VmHWM`` of /proc/self/status starts afresh
-    at exec. Where /proc is missing, :func:`wasap.records.peak_rss_bytes`.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    """Peak resident memory of this row's process, in bytes (``VmHWM``: it starts afresh at exec)."""
     from wasap.records import peak_rss_bytes
 
     return peak_rss_bytes()

@@ -19,9 +19,22 @@ class OutputDirError(ValueError):
 
 
 def peak_rss_bytes():
-    """Peak resident memory of this process and its finished children, in bytes."""
+    """Peak resident memory of this process and its finished children, in bytes.
+
+    This process's own peak is ``VmHWM`` where /proc has it: ``ru_maxrss``
+    survives fork and exec, so a process started by a large parent would
+    report the parent's peak.
+    """
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in KiB on Linux
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    own = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
     return int(max(own, children))
 
