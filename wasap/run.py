@@ -16,6 +16,7 @@ from .config import ConfigError, TrainConfig
 from .data import DataError, load_dataset
 from .model import SparseMLP
 from .parallel import WorkerFailed, fit_parallel
+from .parallel.shm import SharedMemoryFull
 from .records import OutputDirError
 from .train import default_threads, fit
 
@@ -173,7 +174,7 @@ def main(argv=None):
         trainer = fit_parallel if config.workers > 1 else fit
         summary = trainer(model, data, config, out_dir=out_dir, overwrite=args.overwrite,
                           progress=False if args.quiet else None, log=say, init_seconds=init_seconds)
-    except (ConfigError, DataError, OutputDirError) as error:
+    except (ConfigError, DataError, OutputDirError, SharedMemoryFull) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except WorkerFailed as error:
