@@ -53,7 +53,8 @@ class MomentumSGD:
     """Hyperparameters of momentum SGD, with an optional learning-rate schedule.
 
     The velocity buffers live with the parameters they belong to (a layer's
-    momentum must follow its topology through every evolution).
+    momentum must follow its topology through every evolution); the steps are
+    :func:`momentum_step` or the fused backward kernel, at ``lr_at(step)``.
 
     Parameters
     ----------
@@ -77,12 +78,3 @@ class MomentumSGD:
         if self.warmup_steps and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         return self.lr
-
-    def step_weights(self, data, grad, velocity, step=0):
-        """Update sparse weights ``data`` with ``grad``, both ``(nnz,)``, in place."""
-        momentum_step(data, grad, velocity, lr=self.lr_at(step), momentum=self.momentum,
-                      weight_decay=self.weight_decay)
-
-    def step_bias(self, bias, grad, velocity, step=0):
-        """Update a bias vector ``(n_out,)`` in place (no weight decay)."""
-        momentum_step(bias, grad, velocity, lr=self.lr_at(step), momentum=self.momentum)

@@ -143,7 +143,9 @@ def _phase_one(transport, account, model, worker, n_workers, config):
         versions = transport.pull_weights(model, versions)
         batch_rows = order[position:position + config.batch_size]
         position += batch_rows.shape[0]
-        x_t = gather_transposed(X, batch_rows)
+        # Into the workspace's 64-byte aligned buffer, as the sequential trainer does (the kernels'
+        # vector loads are 20-35% slower across cache lines).
+        x_t = gather_transposed(X, batch_rows, model.workspace(batch_rows.shape[0], training=True).x_t)
         target = np.ascontiguousarray(y[batch_rows].T, dtype=np.float32) if regression else y[batch_rows]
         account.charge("data")
         slot = step % n_slots
