@@ -65,10 +65,12 @@ def _no_segments_of(pid):
 # -- 1. one synchronous worker = the sequential trainer ------------------------------------------------------
 
 
-def test_one_synchronous_worker_reproduces_the_sequential_trainer():
+@pytest.mark.parametrize("init,lr_fan_in", [("he-uniform", None), ("he-uniform-sparse", 6.0)])
+def test_one_synchronous_worker_reproduces_the_sequential_trainer(init, lr_fan_in):
     data = _blobs()
     config = TrainConfig(hidden=(48, 32), epsilon=4, epochs=4, batch_size=32, seed=7, threads=1, workers=1,
-                         sync=True, warmup_epochs=0, importance_pruning=True, ip_start=2, ip_every=2)
+                         sync=True, warmup_epochs=0, importance_pruning=True, ip_start=2, ip_every=2, init=init,
+                         lr_fan_in=lr_fan_in)
     sequential = SparseMLP.from_config(data.n_features, data.n_classes, config)
     parallel = sequential.copy()
     expected = fit(sequential, data, config, log=None, progress=False)

@@ -86,11 +86,13 @@ def test_erdos_renyi_positions_cover_the_layer():
     assert hits.min() > 3 and hits.max() < 45
 
 
-@pytest.mark.parametrize("init", ["he-uniform", "xavier"])
+@pytest.mark.parametrize("init", ["he-uniform", "he-uniform-sparse", "xavier"])
 def test_erdos_renyi_uniform_limits(init):
     n_in, n_out = 300, 200
-    _, _, data = topology.erdos_renyi(n_in, n_out, 20, np.random.default_rng(2), init=init)
-    limit = math.sqrt(6.0 / n_in) if init == "he-uniform" else math.sqrt(6.0 / (n_in + n_out))
+    _, indices, data = topology.erdos_renyi(n_in, n_out, 20, np.random.default_rng(2), init=init)
+    limit = {"he-uniform": math.sqrt(6.0 / n_in), "xavier": math.sqrt(6.0 / (n_in + n_out)),
+             # the fan-in a neuron has on average: 20 * 500 / 200 = 50 of its 300 possible inputs
+             "he-uniform-sparse": math.sqrt(6.0 / (indices.shape[0] / n_out))}[init]
     assert np.abs(data).max() <= limit
     assert np.abs(data).max() > 0.98 * limit  # the whole range is used
     assert abs(data.mean()) < 0.02 * limit
@@ -208,6 +210,29 @@ def test_set_evolution_removes_the_ones_closest_to_zero_not_the_most_negative():
     kept = {int(c): (float(w), float(v)) for c, w, v in zip(new_indices, new_data, new_velocity) if v != 0}
     assert kept == {0: (pytest.approx(0.3), 1.0), 3: (pytest.approx(-0.4), 4.0), 4: (pytest.approx(0.4), 5.0),
                     7: (pytest.approx(-0.3), 8.0)}
+
+
+def test_removal_mask_ties_and_zeros():
+    # Three positives tie at 0.1: zeta 0.5 of four positives removes two of them, and no more;
+    # exact zeros always go; of the negatives (-0.5, -0.5) zeta 0.5 removes exactly one.
+    data = np.array([0.1, 0.0, 0.1, -0.5, 0.2, 0.1, -0.5, 0.0], dtype=np.float32)
+    remove = topology.magnitude_removal_mask(data, 0.5)
+    assert remove[[1, 7]].all()
+    assert remove[[0, 2, 5]].sum() == 2 and not remove[4]
+    assert remove[[3, 6]].sum() == 1
+    assert remove.sum() == 5
+    assert not topology.magnitude_removal_mask(data, 0.0)[[0, 2, 3, 4, 5, 6]].any()
+    assert topology.magnitude_removal_mask(data, 1.0).all()
+
+
+def test_set_evolution_regrows_sparse_init_values_within_the_sparse_limit():
+    indptr, indices, data, velocity = _distinct_layer(40, 30, 0.2, seed=3)
+    new = topology.set_evolution(indptr, indices, data, velocity, 30, 0.3, np.random.default_rng(0),
+                                 init="he-uniform-sparse")
+    regrown = new[3] == 0  # every old momentum was nonzero
+    limit = math.sqrt(6.0 / (indices.shape[0] / 30))
+    assert regrown.sum() > 0 and np.abs(new[2][regrown]).max() <= limit
+    assert np.abs(new[2][regrown]).max() > 0.8 * limit  # well above the dense layout's sqrt(6 / 40)
 
 
 def test_set_evolution_dense_layer_unchanged():

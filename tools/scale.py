@@ -71,10 +71,10 @@ BASE_BYTES = 300 << 20
 #: Bytes per weight held by a layer: indices, data, velocity, column rows (int32/float32) and column
 #: permutation (int64).
 BYTES_PER_WEIGHT = 24
-#: Transient bytes per weight of the largest layer during a SET step: its int64 keys, kept keys, new
-#: keys, merged keys and merge sources, plus the new data, velocity and indices (measured 67 on
-#: 65536-5M-5M-2).
-EVOLVE_BYTES_PER_WEIGHT = 72
+#: Transient bytes per weight of the largest layer during a SET step: the new indices, data and
+#: velocity, the removal mask, one sign's magnitudes and the regrown keys (measured 17.7 on a
+#: 5M x 5M layer of 50M weights, zeta 0.3).
+EVOLVE_BYTES_PER_WEIGHT = 20
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,12 @@ class DataSpec:
     n_classes: int
     paper_train: int  # samples per epoch and test set the times are scaled to
     paper_test: int
+    n_informative: int = 0  # synthetic only
 
     @property
     def key(self):
-        return f"{self.kind}-{self.n_features}x{self.n_train + self.n_test}-{self.n_classes}"
+        informative = f"-{self.n_informative}inf" if self.kind == "synthetic" else ""
+        return f"{self.kind}-{self.n_features}x{self.n_train + self.n_test}-{self.n_classes}{informative}"
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ def data_spec(row, args):
         n_train = min(60000, args.max_batches * BATCH_SIZE)
         return DataSpec("normal", row.sizes[0], n_train, min(10000, args.eval_samples), row.sizes[-1], 60000, 10000)
     n_train, n_test = split_samples(args.samples)
-    return DataSpec("synthetic", row.sizes[0], n_train, n_test, row.sizes[-1], 7000, 3000)
+    return DataSpec("synthetic", row.sizes[0], n_train, n_test, row.sizes[-1], 7000, 3000, args.informative)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,7 +189,8 @@ def choose_micro_batch(sizes, budget_bytes):
 
 def eval_batch_size(sizes):
     """Rows per inference batch, as :meth:`wasap.model.SparseMLP.eval_batch_size` picks them."""
-    return int(max(1, min(1024, (64 << 20) // max(sizes))))
+    rows = int(min(1024, (64 << 20) // max(sizes)))
+    return max(16, rows - rows % 16)
 
 
 def estimate_memory(row, nnz, micro_batch, splits_batches):
@@ -214,8 +217,9 @@ def estimate_memory(row, nnz, micro_batch, splits_batches):
     parts = {
         "model": per_weight * sum(nnz) + 16 * sum(sizes) + 8 * sum(sizes[1:]),
         "activations": activation_bytes(sizes, micro_batch) + 4 * sizes[0] * BATCH_SIZE,
-        # A full inference batch and the remainder batch of a block each keep a workspace.
-        "evaluation": 2 * 4 * sum(sizes) * eval_batch_size(sizes),
+        # A full inference batch and the remainder batch of a block each keep a workspace: the input
+        # and two buffers of the widest layer.
+        "evaluation": 2 * 4 * (sizes[0] + 2 * max(sizes[1:])) * eval_batch_size(sizes),
         "evolution": EVOLVE_BYTES_PER_WEIGHT * max(nnz),
         "batch_data": 2 * 4 * sizes[0] * BATCH_SIZE,
         "base": BASE_BYTES,
@@ -268,6 +272,7 @@ def generate_data(spec, folder, seed):
         from wasap import load_dataset
 
         data = load_dataset("synthetic", n_samples=spec.n_train + spec.n_test, n_features=spec.n_features,
+                            n_informative=spec.n_informative,
                             n_classes=spec.n_classes, seed=seed, chunk_rows=256)
         arrays = dict(X_train=data.X_train, y_train=data.y_train, X_test=data.X_test, y_test=data.y_test)
     else:
@@ -373,7 +378,7 @@ def run_row(args):
     spec = data_spec(row, args)
     wasap.kernels.set_threads(args.threads)
     config_kwargs = dict(hidden=row.sizes[1:-1], epsilon=row.epsilon, batch_size=BATCH_SIZE, seed=args.seed,
-                         init=args.init, **HYPER)
+                         init=args.init, lr_fan_in=args.lr_fan_in, **HYPER)
     if micro_batch_supported():
         config_kwargs["micro_batch"] = args.micro_batch
     result = {"row": row.name, "threads": args.threads, "micro_batch": config_kwargs.get("micro_batch"),
@@ -419,6 +424,11 @@ def run_row(args):
             last_report = time.perf_counter()
     X_train.close()
     measured = args.max_batches * BATCH_SIZE
+    # Mean loss of each pass over the training rows (batch b belongs to pass b * 128 // n_train).
+    passes = {}
+    for batch, loss in enumerate(losses):
+        passes.setdefault(batch * BATCH_SIZE // spec.n_train, []).append(loss)
+    result["pass_losses"] = [float(np.mean(values)) for _, values in sorted(passes.items())]
     result.update(losses=losses, batch_seconds=batch_seconds, gather_measured_s=sum(gather_seconds),
                   train_samples=measured,
                   train_measured_s=sum(batch_seconds),
@@ -513,7 +523,9 @@ def spawn_row(row, plan, args, data_dir):
                    "--threads", str(plan["threads"]), "--result", result_path, "--data-dir", data_dir,
                    "--max-batches", str(args.max_batches), "--eval-samples", str(args.eval_samples),
                    "--samples", str(args.samples), "--seed", str(args.seed), "--init", args.init,
-                   "--micro-batch", str(plan["micro_batch"] or BATCH_SIZE)]
+                   "--informative", str(args.informative), "--micro-batch", str(plan["micro_batch"] or BATCH_SIZE)]
+        if args.lr_fan_in is not None:
+            command += ["--lr-fan-in", str(args.lr_fan_in)]
         started = time.perf_counter()
         returncode = subprocess.run(command, env=env, stdout=sys.stderr).returncode
         if returncode != 0:
@@ -598,7 +610,8 @@ def print_report(report, args):
     """The results table, the notes under it and the GFLOP/s comparison of the ``wide`` row."""
     print()
     print(f"Scale test: batch {BATCH_SIZE}, dropout {HYPER['dropout']}, lr {HYPER['lr']}, momentum "
-          f"{HYPER['momentum']}, init {args.init}; {args.max_batches} batch(es) measured per row; "
+          f"{HYPER['momentum']}, init {args.init}, lr_fan_in {args.lr_fan_in}, {args.informative} informative "
+          f"features; {args.max_batches} batch(es) measured per row; "
           f"{os.cpu_count()} logical CPUs; "
           f"micro_batch {'supported' if report['micro_batch_supported'] else 'not in this wasap'}")
     for key, data in report["data"].items():
@@ -628,7 +641,10 @@ def print_report(report, args):
                      f"evaluation {_gib(entry['peak_rss_after_eval'])} GiB (estimated "
                      f"{_gib(entry['estimate']['total'])}); dense: {dense_weights(entry['sizes']):.3g} weights; "
                      f"test accuracy {100 * entry['test_accuracy']:.1f}%; "
-                     f"paper: {entry['paper']}")
+                     + (f"mean loss per pass over the training rows: "
+                        f"{', '.join(f'{loss:.4f}' for loss in entry['pass_losses'])}; "
+                        if len(entry.get("pass_losses", ())) > 1 else "")
+                     + f"paper: {entry['paper']}")
     print()
     for note in notes:
         print(note)
@@ -681,6 +697,12 @@ def parse_args(argv=None):
                              "is printed, not used, since the previous row's own load would count in it)")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="he-uniform",
                         help="initial weights (see wasap.topology.initial_values) [%(default)s]")
+    parser.add_argument("--lr-fan-in", type=float, default=None,
+                        help="layers of a larger mean fan-in take steps of lr * LR_FAN_IN / fan-in "
+                             "(wasap.optim.layer_lr_factor); default: lr everywhere, as the paper")
+    parser.add_argument("--informative", type=int, default=2,
+                        help="informative features of the make_classification data; 2 is scikit-learn's "
+                             "default, which the paper's call kept [%(default)s]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--worker-row", choices=sorted(ROWS), help=argparse.SUPPRESS)

@@ -35,7 +35,8 @@ class TrainConfig:
     epsilon : float
         Erdős–Rényi sparsity: a layer has about ``epsilon * (n_in + n_out)`` weights.
     init : str
-        Initial weights: he-uniform, xavier or normal.
+        Initial weights: he-uniform (the paper's), he-uniform-sparse (scaled to
+        the fan-in a neuron really has: for networks millions wide), xavier or normal.
     output_activation, loss : str
         softmax + cross-entropy (classification), or identity/sigmoid + mse.
     zeta : float
@@ -46,6 +47,10 @@ class TrainConfig:
         gradients accumulate into one update: activation memory for
         ``micro_batch`` samples instead of ``batch_size`` (wide layers).
     lr, momentum, weight_decay, dropout : float
+    lr_fan_in : float or None
+        Layers whose mean fan-in (nnz / neurons) exceeds this take steps of
+        ``lr * lr_fan_in / fan_in`` (:func:`wasap.optim.layer_lr_factor`): for very wide
+        layers, whose steps would otherwise grow with their width. None: ``lr`` everywhere.
     importance_pruning : bool
     ip_start, ip_every : int
         Importance Pruning runs after epochs ``e >= ip_start`` with ``e % ip_every == 0``.
@@ -79,6 +84,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     dropout: float = 0.3
+    lr_fan_in: float = None
     importance_pruning: bool = False
     ip_start: int = 200
     ip_every: int = 10
@@ -118,6 +124,8 @@ class TrainConfig:
         _in_range("zeta", self.zeta, 0.0, 1.0)
         _integer("epochs", self.epochs, 0)
         _integer("batch_size", self.batch_size, 1)
+        if self.lr_fan_in is not None:
+            _positive("lr_fan_in", self.lr_fan_in)
         if self.micro_batch is not None:
             _integer("micro_batch", self.micro_batch, 1)
         _positive("lr", self.lr)

@@ -14,7 +14,7 @@ import scipy.sparse
 
 from . import activations, kernels, topology
 from .files import atomic_file
-from .optim import momentum_step
+from .optim import layer_lr_factor, momentum_step
 
 MODEL_FORMAT = "wasap-model-1"
 
@@ -133,7 +133,14 @@ class Workspace:
         buffer = kernels.aligned_empty
         empty = np.empty((0, 0), dtype=np.float32)
         self.x_t = buffer((sizes[0], batch))
-        self.activations = [None] + [buffer((n, batch)) for n in sizes[1:]]
+        if training:
+            self.activations = [None] + [buffer((n, batch)) for n in sizes[1:]]
+        else:
+            # Inference needs only the layer below: two buffers of the widest layer, used in turn
+            # (a 5M-wide network of ten layers keeps 2, not 10, layers' activations).
+            pair = [buffer(max(sizes[1:]) * batch) for _ in range(2)]
+            self.activations = [None] + [pair[l % 2][:n * batch].reshape(n, batch)
+                                         for l, n in enumerate(sizes[1:])]
         self.derivs = [empty] + [buffer((n, batch)) if training else empty for n in sizes[1:]]
         self.delta_out = buffer((sizes[-1], batch)) if training else empty
 
@@ -317,13 +324,14 @@ class SparseMLP:
         return loss, 0
 
     def backward(self, x_t, ws, *, lr=0.0, momentum=0.0, weight_decay=0.0, grads=None, bias_grads=None,
-                 accumulate=False):
+                 accumulate=False, lr_fan_in=None):
         """Backward pass after :meth:`forward` and :meth:`loss_and_delta`.
 
         With ``grads`` None the weights are updated in place (momentum SGD, fused
-        in the kernel) and so are the biases; otherwise the gradients are written
-        to ``grads[l]`` ``(nnz_l,)`` and ``bias_grads[l]`` ``(n_out_l,)`` (added
-        to them with ``accumulate``) and the model is left unchanged.
+        in the kernel, layer ``l`` at ``lr`` times :meth:`lr_factor`) and so are
+        the biases; otherwise the gradients are written to ``grads[l]``
+        ``(nnz_l,)`` and ``bias_grads[l]`` ``(n_out_l,)`` (added to them with
+        ``accumulate``) and the model is left unchanged.
         """
         update = grads is None
         if update:
@@ -338,13 +346,18 @@ class SparseMLP:
             below = ws.derivs[l]
             kernels.backward_layer(
                 layer.indptr, layer.indices, layer.data, layer.velocity, a_prev, delta, below, below,
-                l > 0, mode, empty if update else grads[l], lr, momentum, weight_decay,
+                l > 0, mode, empty if update else grads[l], lr * self.lr_factor(l, lr_fan_in), momentum, weight_decay,
                 layer.bias, layer.bias_velocity, empty if update else bias_grads[l],
             )
             delta = below
 
+    def lr_factor(self, l, lr_fan_in):
+        """Factor on layer ``l``'s learning rate (:func:`wasap.optim.layer_lr_factor`)."""
+        layer = self.layers[l]
+        return layer_lr_factor(layer.nnz, layer.n_out, lr_fan_in)
+
     def train_batch(self, x_t, target, *, lr, momentum, weight_decay, dropout=0.0, dropout_seed=0,
-                    micro_batch=None):
+                    micro_batch=None, lr_fan_in=None):
         """One momentum SGD step on a batch; returns ``(loss, n_correct)``.
 
         Parameters
@@ -358,18 +371,21 @@ class SparseMLP:
             gradients add up to the batch's, then take one step: the same
             update (dropout masks aside: each part draws its own) with
             activation buffers for ``micro_batch`` samples instead of the batch.
+        lr_fan_in : float, optional
+            Smaller steps for layers of larger mean fan-in (:meth:`lr_factor`).
         """
         if micro_batch is not None and x_t.shape[1] > micro_batch:
             return self._train_batch_in_parts(x_t, target, micro_batch, lr=lr, momentum=momentum,
                                               weight_decay=weight_decay, dropout=dropout,
-                                              dropout_seed=dropout_seed)
+                                              dropout_seed=dropout_seed, lr_fan_in=lr_fan_in)
         ws = self.workspace(x_t.shape[1], training=True)
         output = self.forward(x_t, ws, dropout=dropout, dropout_seed=dropout_seed)
         loss, n_correct = self.loss_and_delta(output, target, ws)
-        self.backward(x_t, ws, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.backward(x_t, ws, lr=lr, momentum=momentum, weight_decay=weight_decay, lr_fan_in=lr_fan_in)
         return loss, n_correct
 
-    def _train_batch_in_parts(self, x_t, target, micro_batch, *, lr, momentum, weight_decay, dropout, dropout_seed):
+    def _train_batch_in_parts(self, x_t, target, micro_batch, *, lr, momentum, weight_decay, dropout, dropout_seed,
+                              lr_fan_in):
         """:meth:`train_batch` through gradient accumulation over micro-batches."""
         batch = x_t.shape[1]
         grads, bias_grads = self._gradient_buffers()
@@ -387,9 +403,10 @@ class SparseMLP:
             self.backward(ws.x_t, ws, grads=grads, bias_grads=bias_grads, accumulate=True)
             total_loss += loss * (stop - start)
             total_correct += n_correct
-        for layer, grad, bias_grad in zip(self.layers, grads, bias_grads):
-            momentum_step(layer.data, grad, layer.velocity, lr=lr, momentum=momentum, weight_decay=weight_decay)
-            momentum_step(layer.bias, bias_grad, layer.bias_velocity, lr=lr, momentum=momentum)
+        for l, (layer, grad, bias_grad) in enumerate(zip(self.layers, grads, bias_grads)):
+            layer_lr = lr * self.lr_factor(l, lr_fan_in)
+            momentum_step(layer.data, grad, layer.velocity, lr=layer_lr, momentum=momentum, weight_decay=weight_decay)
+            momentum_step(layer.bias, bias_grad, layer.bias_velocity, lr=layer_lr, momentum=momentum)
         return total_loss / batch, total_correct
 
     def _gradient_buffers(self):
@@ -416,13 +433,14 @@ class SparseMLP:
     def eval_batch_size(self):
         """Rows per inference batch: large, but a batch of the widest layer stays near 256 MB.
 
-        Rounded down to a multiple of 16 when possible: the kernels keep 16, 32,
-        64 or 128 samples in registers (a 13-row batch of a 5M-wide network ran
-        6x slower per row than 32 rows).
+        A multiple of 16 and at least 16: the kernels keep 16, 32, 64 or 128
+        samples in registers (a 13-row batch of a 5M-wide network ran 6x slower
+        per row than 32 rows), so layers wider than 4M take 16 rows
+        (``2 * 16 * 4`` bytes a neuron of the widest layer).
         """
         widest = max(self.sizes)
-        rows = int(max(1, min(1024, (64 << 20) // widest)))
-        return rows - rows % 16 if rows >= 16 else rows
+        rows = int(min(1024, (64 << 20) // widest))
+        return max(16, rows - rows % 16)
 
     def predict_output(self, X, batch_size=None):
         """Network outputs for rows of ``X``.

@@ -18,6 +18,7 @@ from .model import SparseMLP
 from .parallel import WorkerFailed, fit_parallel
 from .parallel.shm import SharedMemoryFull
 from .records import OutputDirError
+from .topology import INIT_SCHEMES
 from .train import default_threads, fit
 
 #: The paper's settings per data set (Table 2 and the authors' code); explicit
@@ -101,7 +102,9 @@ def build_parser():
                        choices=["all-relu", "relu", "leaky-relu", "sigmoid", "tanh", "identity"])
     model.add_argument("--alpha", type=float, help="All-ReLU slope (paper eq. 3), or leaky ReLU's slope")
     model.add_argument("--epsilon", type=float, help="sparsity: about epsilon*(n_in+n_out) weights per layer")
-    model.add_argument("--init", default="he-uniform", choices=["he-uniform", "xavier", "normal"])
+    model.add_argument("--init", default="he-uniform", choices=INIT_SCHEMES,
+                       help="initial weights; he-uniform-sparse scales them to the connections a neuron has "
+                            "(for networks millions of neurons wide) [%(default)s]")
 
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int)
@@ -109,6 +112,8 @@ def build_parser():
     train.add_argument("--micro-batch", type=int,
                        help="split batches into parts of this many samples (same update, less activation memory)")
     train.add_argument("--lr", type=float, help="learning rate (default 0.01; 0.02 for fashion-mnist)")
+    train.add_argument("--lr-fan-in", type=float,
+                       help="layers of a larger mean fan-in take steps of lr * LR_FAN_IN / fan-in (wide layers)")
     train.add_argument("--momentum", type=float, default=0.9)
     train.add_argument("--weight-decay", type=float,
                        help="L2 weight decay inside momentum SGD (default 2e-4; 6e-3 for madelon)")
@@ -148,7 +153,7 @@ def config_from_args(args):
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return TrainConfig(
         **values, activation=args.activation, init=args.init, zeta=args.zeta, momentum=args.momentum,
-        dropout=args.dropout, micro_batch=args.micro_batch, importance_pruning=args.importance_pruning,
+        dropout=args.dropout, micro_batch=args.micro_batch, lr_fan_in=args.lr_fan_in, importance_pruning=args.importance_pruning,
         ip_start=args.ip_start, ip_every=args.ip_every, ip_percentile=args.ip_percentile, seed=args.seed,
         threads=args.threads or default_threads(), workers=workers, sync=args.sync, phase2_start=args.phase2_start,
     )

@@ -13,9 +13,11 @@ import warnings
 
 import numpy as np
 
+from numba import njit
+
 from .kernels import merge_sorted_keys
 
-INIT_SCHEMES = ("he-uniform", "xavier", "normal")
+INIT_SCHEMES = ("he-uniform", "he-uniform-sparse", "xavier", "normal")
 
 #: Above this density, empty positions are enumerated instead of drawn by
 #: rejection: the complement then has at most as many keys as the layer.
@@ -58,7 +60,7 @@ def erdos_renyi_nnz(n_in, n_out, epsilon, *, warn=True):
     return max(1, int(round(wanted)))
 
 
-def initial_values(count, n_in, n_out, scheme, rng):
+def initial_values(count, n_in, n_out, scheme, rng, *, nnz=None):
     """Draw initial weight values.
 
     Parameters
@@ -66,10 +68,17 @@ def initial_values(count, n_in, n_out, scheme, rng):
     count : int
     n_in, n_out : int
         Fan-in and fan-out of the dense layout.
-    scheme : {"he-uniform", "xavier", "normal"}
-        He-uniform: U(-sqrt(6/n_in), sqrt(6/n_in)); Xavier (Glorot) uniform:
+    scheme : {"he-uniform", "he-uniform-sparse", "xavier", "normal"}
+        He-uniform: U(-sqrt(6/n_in), sqrt(6/n_in)); He-uniform-sparse: the
+        same with the fan-in a neuron has on average in the sparse layer,
+        ``nnz / n_out``, instead of ``n_in`` (Evci et al. 2022, "Gradient flow
+        in sparse neural networks"): with ``n_in`` a layer of 5M inputs and
+        10 connections a neuron shrinks its signal 700-fold, and a deep stack
+        of them outputs zeros; Xavier (Glorot) uniform:
         U(-sqrt(6/(n_in+n_out)), ...); normal: N(0, 0.1).
     rng : numpy.random.Generator
+    nnz : int, optional
+        Connections of the layer; needed by he-uniform-sparse.
 
     Returns
     -------
@@ -77,6 +86,10 @@ def initial_values(count, n_in, n_out, scheme, rng):
     """
     if scheme == "he-uniform":
         limit = math.sqrt(6.0 / n_in)
+    elif scheme == "he-uniform-sparse":
+        if nnz is None:
+            raise ValueError("he-uniform-sparse needs the layer's nnz.")
+        limit = math.sqrt(6.0 * n_out / max(nnz, 1))
     elif scheme == "xavier":
         limit = math.sqrt(6.0 / (n_in + n_out))
     elif scheme == "normal":
@@ -104,15 +117,21 @@ def sample_empty_keys(count, n_in, n_out, occupied, rng):
     -------
     (count,) int64, sorted
     """
+    return _sample_free_keys(count, n_in, n_out, occupied.shape[0], lambda keys: _contains(occupied, keys), rng)
+
+
+def _sample_free_keys(count, n_in, n_out, n_occupied, is_occupied, rng):
+    """:func:`sample_empty_keys` with occupancy given as a test: ``is_occupied(keys) -> (len(keys),) bool``."""
     total = n_in * n_out
-    free = total - occupied.shape[0]
+    free = total - n_occupied
     if count > free:
         raise ValueError(f"cannot place {count} connections: only {free} empty positions in a {n_in}x{n_out} layer.")
     if count == 0:
         return np.empty(0, dtype=np.int64)
-    if occupied.shape[0] + count > _DENSE_ENOUGH_TO_ENUMERATE * total:
+    if n_occupied + count > _DENSE_ENOUGH_TO_ENUMERATE * total:
         # Nearly full: rejection would spin; the complement is O(nnz) here.
-        empty = np.setdiff1d(np.arange(total, dtype=np.int64), occupied, assume_unique=True)
+        every = np.arange(total, dtype=np.int64)
+        empty = every[~is_occupied(every)]
         return np.sort(rng.choice(empty, size=count, replace=False))
     chosen = np.empty(0, dtype=np.int64)
     while chosen.shape[0] < count:
@@ -122,10 +141,14 @@ def sample_empty_keys(count, n_in, n_out, occupied, rng):
         # sort + neighbour test: np.unique is many times slower on large int arrays
         draw.sort()
         draw = draw[np.concatenate(([True], draw[1:] != draw[:-1]))]
-        draw = draw[~_contains(occupied, draw)]
+        draw = draw[~is_occupied(draw)]
         draw = draw[~_contains(chosen, draw)]
         if draw.shape[0] > missing:
-            draw = np.sort(rng.choice(draw, size=missing, replace=False))
+            # Dropping a uniform random subset of the surplus keeps a uniform random subset, in order
+            # (choosing the keepers instead would need a sort of tens of millions of keys again).
+            surplus = np.ones(draw.shape[0], dtype=bool)
+            surplus[rng.choice(draw.shape[0], size=draw.shape[0] - missing, replace=False)] = False
+            draw = draw[surplus]
         chosen = merge_sorted_keys(chosen, draw)[0]
     return chosen
 
@@ -203,7 +226,7 @@ def erdos_renyi(n_in, n_out, epsilon, rng, *, init="he-uniform", warn=True):
     nnz = erdos_renyi_nnz(n_in, n_out, epsilon, warn=warn)
     keys = sample_empty_keys(nnz, n_in, n_out, np.empty(0, dtype=np.int64), rng)
     indptr, indices = csr_from_keys(keys, n_in, n_out)
-    return indptr, indices, initial_values(nnz, n_in, n_out, init, rng)
+    return indptr, indices, initial_values(nnz, n_in, n_out, init, rng, nnz=nnz)
 
 
 def magnitude_removal_mask(data, zeta):
@@ -211,7 +234,11 @@ def magnitude_removal_mask(data, zeta):
 
     Among the ``P`` positive weights the ``floor(zeta * P)`` smallest go, among
     the ``N`` negative weights the ``floor(zeta * N)`` largest (closest to zero)
-    go, and exact zeros always go (they carry nothing).
+    go, and exact zeros always go (they carry nothing). Among weights tied at
+    the cut, the first ones in storage order go.
+
+    Memory: the mask and a float32 copy of one sign's magnitudes (the largest
+    layers hold tens of millions of weights; index arrays would cost 8 bytes each).
 
     Parameters
     ----------
@@ -223,19 +250,109 @@ def magnitude_removal_mask(data, zeta):
     (nnz,) bool
         True where the connection is removed.
     """
-    remove = data == 0
+    cuts = []
     for sign in (1.0, -1.0):
-        where = np.flatnonzero(data * sign > 0)
-        count = int(zeta * where.shape[0])
+        magnitudes = data[data > 0] if sign > 0 else -data[data < 0]
+        count = int(zeta * magnitudes.shape[0])
         if count == 0:
-            continue
-        magnitudes = np.abs(data[where])
-        if count < where.shape[0]:
-            smallest = np.argpartition(magnitudes, count - 1)[:count]
+            cuts.append((0.0, 0))  # nothing is below a cut at zero
+        elif count == magnitudes.shape[0]:
+            cuts.append((np.inf, 0))
         else:
-            smallest = np.arange(where.shape[0])
-        remove[where[smallest]] = True
+            magnitudes.partition(count - 1)
+            cut = magnitudes[count - 1]
+            # Of the weights equal to the cut, only as many go as the count still needs.
+            cuts.append((float(cut), count - int(np.count_nonzero(magnitudes[:count] < cut))))
+        del magnitudes
+    remove = np.empty(data.shape[0], dtype=bool)
+    _mark_removed(data, cuts[0][0], cuts[0][1], cuts[1][0], cuts[1][1], remove)
     return remove
+
+
+@njit(cache=True, nogil=True)
+def _mark_removed(data, positive_cut, positive_ties, negative_cut, negative_ties, remove):
+    """Mark weights strictly inside (-negative_cut, positive_cut), zeros, and the first ties at each cut."""
+    for k in range(data.shape[0]):
+        value = data[k]
+        if value > 0:
+            if value < positive_cut:
+                remove[k] = True
+            elif value == positive_cut and positive_ties > 0:
+                remove[k] = True
+                positive_ties -= 1
+            else:
+                remove[k] = False
+        elif value < 0:
+            if -value < negative_cut:
+                remove[k] = True
+            elif -value == negative_cut and negative_ties > 0:
+                remove[k] = True
+                negative_ties -= 1
+            else:
+                remove[k] = False
+        else:
+            remove[k] = True
+
+
+@njit(cache=True, nogil=True)
+def _kept_in_csr(indptr, indices, keep, n_out, keys, out):
+    """``out[q]``: whether position ``keys[q]`` holds a kept connection (binary search in its row)."""
+    for q in range(keys.shape[0]):
+        row = keys[q] // n_out
+        col = keys[q] - row * n_out
+        lo = indptr[row]
+        hi = indptr[row + 1]
+        end = hi
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if indices[mid] < col:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[q] = lo < end and indices[lo] == col and keep[lo]
+
+
+@njit(cache=True, nogil=True)
+def _merge_into_csr(indptr, indices, data, velocity, keep, new_keys, new_data, n_out,
+                    out_indptr, out_indices, out_data, out_velocity):
+    """Kept connections and new ones (sorted keys, zero momentum) merged row by row into the ``out_`` arrays."""
+    n_in = indptr.shape[0] - 1
+    n_new = new_keys.shape[0]
+    out_indptr[0] = 0
+    j = 0
+    for row in range(n_in):
+        count = 0
+        for k in range(indptr[row], indptr[row + 1]):
+            if keep[k]:
+                count += 1
+        while j < n_new and new_keys[j] // n_out == row:
+            count += 1
+            j += 1
+        out_indptr[row + 1] = out_indptr[row] + count
+    j = 0
+    for row in range(n_in):
+        o = out_indptr[row]
+        k = indptr[row]
+        end = indptr[row + 1]
+        base = row * n_out
+        while True:
+            while k < end and not keep[k]:
+                k += 1
+            has_old = k < end
+            has_new = j < n_new and new_keys[j] < base + n_out
+            if not has_old and not has_new:
+                break
+            if has_new and (not has_old or new_keys[j] - base < indices[k]):
+                out_indices[o] = new_keys[j] - base
+                out_data[o] = new_data[j]
+                out_velocity[o] = 0.0
+                j += 1
+            else:
+                out_indices[o] = indices[k]
+                out_data[o] = data[k]
+                out_velocity[o] = velocity[k]
+                k += 1
+            o += 1
 
 
 def set_evolution(indptr, indices, data, velocity, n_out, zeta, rng, *, init="he-uniform"):
@@ -247,10 +364,14 @@ def set_evolution(indptr, indices, data, velocity, n_out, zeta, rng, *, init="he
     zero momentum. Survivors keep their value and momentum; nnz is unchanged.
     A dense layer (no empty position ever) is returned as it is.
 
+    Works on the CSR arrays directly (no per-connection keys): besides the new
+    layer (12 bytes a weight) it holds a removal mask (1 byte a weight) and the
+    regrown keys, so the step fits beside layers of tens of millions of weights.
+
     Parameters
     ----------
     indptr : (n_in + 1,) int64
-    indices : (nnz,) int32
+    indices : (nnz,) int32, ascending within each row
     data : (nnz,) float32
     velocity : (nnz,) float32
         Momentum aligned with ``data``.
@@ -265,23 +386,26 @@ def set_evolution(indptr, indices, data, velocity, n_out, zeta, rng, *, init="he
         The new layer, in row order.
     """
     n_in = indptr.shape[0] - 1
-    if indices.shape[0] == n_in * n_out:
+    nnz = indices.shape[0]
+    if nnz == n_in * n_out:
         return indptr, indices, data, velocity
-    keys = keys_from_csr(indptr, indices, n_out)
     keep = ~magnitude_removal_mask(data, zeta)
-    kept_keys = keys[keep]
-    n_new = keys.shape[0] - kept_keys.shape[0]
-    new_keys = sample_empty_keys(n_new, n_in, n_out, kept_keys, rng)
-    merged, source = merge_sorted_keys(kept_keys, new_keys)
-    from_old = source >= 0
-    new_data = np.empty(merged.shape[0], dtype=np.float32)
-    new_velocity = np.zeros(merged.shape[0], dtype=np.float32)
-    new_data[from_old] = data[keep][source[from_old]]
-    new_velocity[from_old] = velocity[keep][source[from_old]]
+    n_kept = int(np.count_nonzero(keep))
+
+    def is_kept(keys):
+        found = np.empty(keys.shape[0], dtype=bool)
+        _kept_in_csr(indptr, indices, keep, np.int64(n_out), keys, found)
+        return found
+
+    new_keys = _sample_free_keys(nnz - n_kept, n_in, n_out, n_kept, is_kept, rng)
     # Fresh values are laid out in key order of the new connections.
-    fresh = initial_values(n_new, n_in, n_out, init, rng)
-    new_data[~from_old] = fresh[-source[~from_old] - 1]
-    new_indptr, new_indices = csr_from_keys(merged, n_in, n_out)
+    fresh = initial_values(new_keys.shape[0], n_in, n_out, init, rng, nnz=nnz)
+    new_indptr = np.empty(n_in + 1, dtype=np.int64)
+    new_indices = np.empty(nnz, dtype=np.int32)
+    new_data = np.empty(nnz, dtype=np.float32)
+    new_velocity = np.empty(nnz, dtype=np.float32)
+    _merge_into_csr(indptr, indices, np.asarray(data, dtype=np.float32), np.asarray(velocity, dtype=np.float32),
+                    keep, new_keys, fresh, np.int64(n_out), new_indptr, new_indices, new_data, new_velocity)
     return new_indptr, new_indices, new_data, new_velocity
 
 

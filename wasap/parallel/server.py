@@ -30,7 +30,7 @@ from numba import njit
 
 from .. import topology
 from ..model import SparseLayer, SparseMLP, stream_seed
-from ..optim import MomentumSGD, momentum_step
+from ..optim import MomentumSGD, layer_lr_factor, momentum_step
 
 _KERNEL = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
@@ -191,6 +191,7 @@ class ParameterServer:
         cfg = self.config
         state = self._state(layer)
         old_keys = self.history[layer].get(version)
+        lr = lr * layer_lr_factor(state["nnz"], self.transport.sizes[layer + 1], cfg.lr_fan_in)
         with self.transport.lock(layer):
             held = time.perf_counter()
             if version == self.versions[layer]:
