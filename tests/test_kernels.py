@@ -310,3 +310,18 @@ def test_merge_sorted_keys(n_old, n_new):
     np.testing.assert_array_equal(keys[from_old], old[source[from_old]])
     np.testing.assert_array_equal(keys[~from_old], new[-source[~from_old] - 1])
     assert from_old.sum() == n_old
+
+
+@pytest.mark.parametrize("n_features,batch", [(4096, 128), (5000, 13), (4100, 1), (4097, 33)])
+def test_wide_gather_equals_numpy_take_and_transpose(n_features, batch):
+    from wasap.kernels import WIDE_INPUT, gather_transposed
+
+    assert n_features >= WIDE_INPUT  # the kernel's path, not numpy's
+    rng = np.random.default_rng(n_features + batch)
+    X = rng.standard_normal((300, n_features), dtype=np.float32)
+    rows = rng.choice(300, size=batch, replace=False)
+    expected = np.ascontiguousarray(X[rows].T)
+    np.testing.assert_array_equal(gather_transposed(X, rows), expected)
+    out = kernels.aligned_empty((n_features, batch))
+    assert gather_transposed(X, rows, out) is out
+    np.testing.assert_array_equal(out, expected)

@@ -372,7 +372,8 @@ def run_row(args):
     import wasap.kernels
     from wasap.config import TrainConfig
     from wasap.model import SparseMLP
-    from wasap.train import SequentialTrainer, gather_transposed
+    from wasap.kernels import gather_transposed
+    from wasap.train import SequentialTrainer
 
     row = ROWS[args.worker_row]
     spec = data_spec(row, args)

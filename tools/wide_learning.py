@@ -35,7 +35,7 @@ from wasap import kernels, load_dataset  # noqa: E402
 from wasap.model import SparseMLP, stream_seed  # noqa: E402
 from wasap.optim import momentum_step  # noqa: E402
 from wasap.topology import INIT_SCHEMES  # noqa: E402
-from wasap.train import gather_transposed  # noqa: E402
+from wasap.kernels import gather_transposed  # noqa: E402
 
 BATCH_SIZE = 128
 

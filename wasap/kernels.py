@@ -803,6 +803,55 @@ def softmax_cross_entropy_delta(z, target_index, delta_out):
     return -total / batch, n_correct
 
 
+@njit(parallel=True, **_KERNEL_OPTIONS)
+def gather_rows_transposed(X, rows, out):
+    """``out[f, b] = X[rows[b], f]``: a batch's rows in the kernels' ``(features, batch)`` layout.
+
+    For wide inputs (tens of thousands of features), where numpy's take-then-transpose
+    moves every value through a cache-hostile strided copy: here 16 samples at a
+    time (one thread task) are copied 16 features by 16, so that both the 16 rows read
+    and the 16 output rows written stay in L1. Measured on 65536 x 128 batches: 21 ms
+    on one thread and 13.5 ms on two, against numpy's 42 ms; on 784 features numpy's
+    95 us wins (its contiguous row copies prefetch better than 16 interleaved rows).
+
+    Parameters
+    ----------
+    X : (n_samples, n_features) float32, C-contiguous
+    rows : (batch,) int64
+    out : (n_features, batch) float32, C-contiguous
+    """
+    n_features = X.shape[1]
+    batch = rows.shape[0]
+    for chunk in prange((batch + 15) // 16):
+        first = chunk * 16
+        last = min(first + 16, batch)
+        for f0 in range(0, n_features, 16):
+            f1 = min(f0 + 16, n_features)
+            for b in range(first, last):
+                row = rows[b]
+                for f in range(f0, f1):
+                    out[f, b] = X[row, f]
+
+
+#: From this many features on, batches are gathered by :func:`gather_rows_transposed`
+#: (numpy's take + transpose is faster below: 95 against 110-140 us on 784 features).
+WIDE_INPUT = 4096
+
+
+def gather_transposed(X, rows, out=None):
+    """Rows of ``X`` as a ``(n_features, len(rows))`` C-contiguous float32 block (the kernels' layout)."""
+    if X.shape[1] >= WIDE_INPUT and X.dtype == np.float32 and X.flags.c_contiguous:
+        if out is None or out.shape != (X.shape[1], rows.shape[0]):
+            out = aligned_empty((X.shape[1], rows.shape[0]))
+        gather_rows_transposed(X, np.asarray(rows, dtype=np.int64), out)
+        return out
+    block = np.take(X, rows, axis=0)
+    if out is None or out.shape != (X.shape[1], rows.shape[0]):
+        return np.ascontiguousarray(block.T, dtype=np.float32)
+    out[...] = block.T
+    return out
+
+
 @njit(**_KERNEL_OPTIONS)
 def column_view(indptr, indices, n_out):
     """Counting-sort the row-ordered nonzeros by column, O(nnz + n).

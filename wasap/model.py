@@ -466,7 +466,7 @@ class SparseMLP:
         for start in range(0, X.shape[0], batch_size):
             block = X[start:start + batch_size]
             ws = self.workspace(block.shape[0], training=False)
-            ws.x_t[...] = block.T
+            kernels.gather_transposed(X, np.arange(start, start + block.shape[0]), ws.x_t)
             output = self.forward(ws.x_t, ws)
             if self.output_activation == "softmax":
                 output = activations.softmax(output.copy())

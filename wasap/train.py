@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from . import kernels
+from .kernels import gather_transposed
 from .data import DataError, validate_features, validate_training_data
 from .model import SparseMLP, stream_seed
 from .records import RunRecorder
@@ -38,15 +39,6 @@ def default_threads():
 def batches_of(order, batch_size):
     """Split a sample order into consecutive batches; the last may be smaller."""
     return [order[start:start + batch_size] for start in range(0, order.shape[0], batch_size)]
-
-
-def gather_transposed(X, rows, out=None):
-    """Rows of ``X`` as a ``(n_features, len(rows))`` C-contiguous float32 block (the kernels' layout)."""
-    block = np.take(X, rows, axis=0)
-    if out is None or out.shape != (X.shape[1], rows.shape[0]):
-        return np.ascontiguousarray(block.T, dtype=np.float32)
-    out[...] = block.T
-    return out
 
 
 class SequentialTrainer:

@@ -34,9 +34,10 @@ import traceback
 import numpy as np
 
 from .. import kernels
+from ..kernels import gather_transposed
 from ..model import stream_seed
 from ..profiling import TimeAccount
-from ..train import SequentialTrainer, TrainingDiverged, gather_transposed
+from ..train import SequentialTrainer, TrainingDiverged
 from .transport import DONE, FAILED, PHASE_TWO, READY, RUN, STOP, WAIT, SharedMemoryWorkerTransport
 
 _POLL = 0.1
