@@ -172,6 +172,54 @@ def test_apply_gradient_in_current_order_is_momentum_sgd():
 # -- 3. averaging and pruning = dense numpy ---------------------------------------------------------------
 
 
+def test_a_worker_applies_its_gradient_only_to_layers_whose_topology_is_unchanged():
+    # Through the real shared-memory transport (no processes): the worker-side step is momentum SGD
+    # written out in numpy on the served arrays; after the server serves a new version of a layer, that
+    # layer is left alone (flag False, for the server to remap) while the others are still applied.
+    import multiprocessing
+
+    from wasap.parallel.transport import SharedMemoryTransport, SharedMemoryWorkerTransport
+
+    model = SparseMLP.random([6, 8, 3], epsilon=2, seed=3)
+    X = np.zeros((4, 6), dtype=np.float32)
+    y = np.zeros(4, dtype=np.int64)
+    server = SharedMemoryTransport(model, X, y, n_workers=1, n_slots=2, partitions=[np.arange(4)], replicas=False,
+                                   context=multiprocessing.get_context("spawn"))
+    try:
+        worker = SharedMemoryWorkerTransport(server.worker_handle(0))
+        rng = np.random.default_rng(0)
+        grads, bias_grads = worker.gradient_slot(1, model.nnz_per_layer())
+        for g, bg in zip(grads, bias_grads):
+            g[:] = rng.standard_normal(g.shape[0])
+            bg[:] = rng.standard_normal(bg.shape[0])
+        before = [{k: np.array(v) for k, v in server.layer_state(l).items() if k != "version"} for l in range(2)]
+        lr, momentum, decay, lr_fan_in = 0.1, 0.9, 0.01, 2.0
+        assert worker.apply_gradient(1, [0, 0], lr=lr, momentum=momentum, weight_decay=decay,
+                                     lr_fan_in=lr_fan_in) == (True, True)
+        for l, layer in enumerate(model.layers):
+            rate = lr * min(1.0, lr_fan_in / (layer.nnz / layer.n_out))
+            velocity = momentum * before[l]["velocity"] - rate * (grads[l] + decay * before[l]["data"])
+            bias_velocity = momentum * before[l]["bias_velocity"] - rate * bias_grads[l]
+            state = server.layer_state(l)
+            np.testing.assert_allclose(state["velocity"], velocity, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(state["data"], before[l]["data"] + velocity, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(state["bias"], before[l]["bias"] + bias_velocity, rtol=1e-6, atol=1e-7)
+        # The server serves version 1 of layer 0 (here the same arrays): a gradient of version 0 no longer
+        # touches it.
+        layer0 = server.layer_state(0)
+        server.write_layer(0, 1, layer0["indptr"].copy(), layer0["indices"].copy(), layer0["data"].copy(),
+                           layer0["velocity"].copy())
+        frozen = np.array(server.layer_state(0)["data"])
+        moving = np.array(server.layer_state(1)["data"])
+        assert worker.apply_gradient(1, [0, 0], lr=lr, momentum=momentum, weight_decay=decay,
+                                     lr_fan_in=lr_fan_in) == (False, True)
+        np.testing.assert_array_equal(server.layer_state(0)["data"], frozen)
+        assert not np.array_equal(server.layer_state(1)["data"], moving)
+        worker.close()
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("target_fraction", [0.5, 1.0, 3.0])
 def test_average_and_prune_to_target_matches_dense(target_fraction):
     rng = np.random.default_rng(5)

@@ -164,13 +164,18 @@ def main(argv=None):
     step_cpu = float(np.mean([row["cpu_total"] / max(1, row["count"]) for row in rows]))
     update_cpu = server.get("cpu_seconds_per_update") or float("nan")
     print("\nwhat limits K (2-worker run; CPU seconds, so the load of other processes drops out):")
-    print(f"  worker: {1e3 * gradient_cpu:.2f} ms CPU computing a gradient, {1e3 * step_cpu:.2f} ms CPU per step "
-          f"(pull weights, gather the batch, compute, push) -> {1 / step_cpu:.0f} gradients/s per worker core")
-    print(f"  server: {1e6 * update_cpu:.0f} us CPU per update (receive, remap if stale, momentum SGD on "
-          f"{sum(results['WASAP, 2 worker(s)'][1]['nnz_end'])} weights, release) -> {1 / update_cpu:.0f} "
-          f"updates/s on one core; apply {1e6 * server['apply_seconds_mean']:.0f} us wall, lock held "
-          f"{1e6 * server['lock_hold_seconds_mean']:.0f} us per layer; achieved {server['updates_per_second']:.0f}"
-          f" updates/s; stale {server['stale']}, dropped {server['dropped']}")
+    def micro(seconds):
+        return "-" if seconds is None else f"{1e6 * seconds:.0f} us"
+
+    print(f"  worker: {1e3 * gradient_cpu:.2f} ms CPU computing a gradient and applying it (momentum SGD on "
+          f"{sum(results['WASAP, 2 worker(s)'][1]['nnz_end'])} weights under the layers' locks), "
+          f"{1e3 * step_cpu:.2f} ms CPU per step (pull weights, gather the batch, compute, apply, push) -> "
+          f"{1 / step_cpu:.0f} gradients/s per worker core")
+    print(f"  server: {1e6 * update_cpu:.0f} us CPU per update (receive, remap and apply the stale layers, "
+          f"count, release) -> {1 / update_cpu:.0f} updates/s on one core; its own applies "
+          f"{micro(server['apply_seconds_mean'])} wall, lock held {micro(server['lock_hold_seconds_mean'])} per "
+          f"layer; achieved {server['updates_per_second']:.0f} updates/s; layers applied by the workers "
+          f"{server.get('worker_applied_layers', 0)}, stale updates {server['stale']}, dropped {server['dropped']}")
     workers_per_server = step_cpu / update_cpu
     print(f"  one server core keeps up with ~{workers_per_server:.0f} workers that each have a core")
     for cores in (16, 64):

@@ -90,6 +90,7 @@ class ServerStats:
         self.gradients = 0
         self.stale = 0
         self.dropped = 0
+        self.worker_applied = 0  # layer parts that workers applied themselves
         self.apply_seconds = 0.0
         self.lock_hold_seconds = 0.0
         self.lock_holds = 0
@@ -97,6 +98,7 @@ class ServerStats:
 
     def as_dict(self, training_seconds):
         return dict(updates=self.updates, gradients=self.gradients, stale=self.stale, dropped=self.dropped,
+                    worker_applied_layers=self.worker_applied,
                     apply_seconds=self.apply_seconds,
                     apply_seconds_mean=self.apply_seconds / self.updates if self.updates else None,
                     lock_hold_seconds_mean=self.lock_hold_seconds / self.lock_holds if self.lock_holds else None,
@@ -207,12 +209,20 @@ class ParameterServer:
             self.stats.lock_holds += 1
         return old_keys is not None
 
-    def apply(self, worker, slot, versions):
-        """Apply the gradient in ``worker``'s ``slot``, computed on ``versions`` (one per layer)."""
+    def apply(self, worker, slot, versions, applied=None):
+        """Apply the gradient in ``worker``'s ``slot``, computed on ``versions`` (one per layer).
+
+        Layers flagged in ``applied`` were applied by the worker already
+        (:meth:`~.transport.WorkerTransport.apply_gradient`: their version had
+        not changed); the rest, stale ones, are remapped here.
+        """
         started = time.perf_counter()
         lr = self.optimizer.lr_at(self.stats.updates)
         stale = dropped = False
         for l in range(self.n_layers):
+            if applied is not None and applied[l]:
+                self.stats.worker_applied += 1
+                continue
             grad, bias_grad = self._slot(worker, slot, l)
             stale |= versions[l] != self.versions[l]
             dropped |= not self._apply_layer(l, grad, bias_grad, versions[l], lr)

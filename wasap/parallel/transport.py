@@ -11,7 +11,8 @@ the same methods with buffer sends (the server holding the model privately).
 
 Messages from workers to the server (tuples, first item the kind):
 
-- ``(GRADIENT, worker, slot, versions, loss, n_correct, n_samples)``
+- ``(GRADIENT, worker, slot, versions, loss, n_correct, n_samples, applied)``: ``applied[l]`` says the
+  worker already applied layer ``l``'s part to the served weights (:meth:`WorkerTransport.apply_gradient`)
 - ``(REPLICA, worker, epoch, loss, n_correct, n_samples)``
 - ``(READY, worker, pid)``, ``(DONE, worker)``, ``(FAILED, worker, traceback_text)``
 
@@ -46,6 +47,7 @@ from multiprocessing.connection import wait as wait_for_connections
 import numpy as np
 
 from ..model import SparseLayer, SparseMLP
+from ..optim import layer_lr_factor, momentum_step
 from ..profiling import time_table_shape
 from .shm import SharedBlocks, run_prefix
 
@@ -117,6 +119,12 @@ class ServerTransport(ABC):
         """Context manager holding ``layer``'s lock."""
 
     @abstractmethod
+    def model_lock(self):
+        """Context manager holding every layer's lock: no worker reads or updates the served model
+        meanwhile, and the server's own :meth:`lock`, :meth:`read_model` and :meth:`write_layer` calls
+        inside it do not lock again."""
+
+    @abstractmethod
     def layer_state(self, layer):
         """Writable views of the served layer: dict of indptr, indices, data, velocity, bias, bias_velocity
         (``indices``/``data``/``velocity`` cut to the current nnz), version, nnz. Use under the layer's lock."""
@@ -177,8 +185,21 @@ class WorkerTransport(ABC):
         """Lists ``(grads, bias_grads)`` of writable per-layer views into slot ``slot``."""
 
     @abstractmethod
-    def push_gradient(self, slot, versions, loss, n_correct, n_samples):
-        """Tell the server slot ``slot`` holds a gradient computed on ``versions``."""
+    def apply_gradient(self, slot, versions, *, lr, momentum, weight_decay, lr_fan_in):
+        """Apply slot ``slot`` to the served layers still at ``versions``, in place, under their locks.
+
+        The server's rule (momentum SGD, :func:`wasap.optim.momentum_step`, each
+        layer at ``lr`` times :func:`wasap.optim.layer_lr_factor`), run by the
+        worker where it can reach the served weights, so that the server's
+        core is not the one every update goes through. Returns one flag per
+        layer: False where the layer's topology changed since ``versions`` (the
+        server remaps that part) or where this transport cannot reach the
+        weights (an MPI transport returns all False)."""
+
+    @abstractmethod
+    def push_gradient(self, slot, versions, loss, n_correct, n_samples, applied):
+        """Tell the server slot ``slot`` holds a gradient computed on ``versions``, of which the layers
+        flagged in ``applied`` are already applied."""
 
     @abstractmethod
     def order(self, size):
@@ -218,6 +239,7 @@ class SharedMemoryTransport(ServerTransport):
     """
 
     def __init__(self, model, X, y, *, n_workers, n_slots, partitions, replicas, context):
+        self._holding_all = False  # inside model_lock(): this (server) thread holds every layer's lock
         self.n_workers = n_workers
         self.n_slots = n_slots
         self.n_layers = len(model.layers)
@@ -383,7 +405,26 @@ class SharedMemoryTransport(ServerTransport):
         self.slots[worker].release()
 
     @contextlib.contextmanager
+    def model_lock(self):
+        held = []
+        try:
+            # In layer order; workers hold one layer's lock at a time, so this cannot deadlock.
+            for l in range(self.n_layers):
+                while not self.locks[l].acquire(timeout=1.0):
+                    self.check_workers()
+                held.append(l)
+            self._holding_all = True
+            yield
+        finally:
+            self._holding_all = False
+            for l in reversed(held):
+                self.locks[l].release()
+
+    @contextlib.contextmanager
     def lock(self, layer):
+        if self._holding_all:
+            yield
+            return
         # A worker killed while holding the lock would block the server for ever: wait in steps
         # and look for dead workers between them.
         while not self.locks[layer].acquire(timeout=1.0):
@@ -419,7 +460,7 @@ class SharedMemoryTransport(ServerTransport):
             b["meta"][layer] = (version, nnz)
 
     def read_model(self):
-        return _read_model(self.blocks, self.locks, self.sizes, self.model_kind)
+        return _read_model(self.blocks, None if self._holding_all else self.locks, self.sizes, self.model_kind)
 
     def write_order(self, worker, order):
         self.blocks["orders"][worker, :order.shape[0]] = order
@@ -449,9 +490,9 @@ class SharedMemoryTransport(ServerTransport):
 def _read_model(blocks, locks, sizes, model_kind):
     layers = []
     for l in range(len(sizes) - 1):
-        # Only the server writes the served model; a lock held past the timeout belongs to a worker that
-        # died while reading, and the server (the caller, or stopped) is not writing: read without it.
-        locked = locks[l].acquire(timeout=5.0)
+        # A lock held past the timeout belongs to a worker that died while holding it, and the server
+        # (the caller, or stopped) is not writing: read without it. ``locks`` None: the caller holds them.
+        locked = locks is not None and locks[l].acquire(timeout=5.0)
         try:
             nnz = int(blocks["meta"][l, 1])
             arrays = (blocks[f"indptr_{l}"].copy(), blocks[f"indices_{l}"][:nnz].copy(),
@@ -547,8 +588,33 @@ class SharedMemoryWorkerTransport(WorkerTransport):
         bias_grads = [b[f"bias_grad_{l}"][self.worker, slot] for l in range(self.n_layers)]
         return grads, bias_grads
 
-    def push_gradient(self, slot, versions, loss, n_correct, n_samples):
-        self.pipe.send((GRADIENT, self.worker, slot, tuple(versions), float(loss), int(n_correct), int(n_samples)))
+    def apply_gradient(self, slot, versions, *, lr, momentum, weight_decay, lr_fan_in):
+        b = self.blocks
+        applied = []
+        for l in range(self.n_layers):
+            lock = self.locks[l]
+            self._charge("other")
+            lock.acquire()
+            self._charge("lock_wait")
+            try:
+                version, nnz = (int(v) for v in b["meta"][l])
+                current = version == versions[l]
+                if current:
+                    layer_lr = lr * layer_lr_factor(nnz, self.sizes[l + 1], lr_fan_in)
+                    momentum_step(b[f"data_{l}"][:nnz], b[f"grad_{l}"][self.worker, slot, :nnz],
+                                  b[f"velocity_{l}"][:nnz], lr=layer_lr, momentum=momentum,
+                                  weight_decay=weight_decay)
+                    momentum_step(b[f"bias_{l}"], b[f"bias_grad_{l}"][self.worker, slot], b[f"bias_velocity_{l}"],
+                                  lr=layer_lr, momentum=momentum)
+            finally:
+                lock.release()
+            applied.append(current)
+            self._charge("compute")
+        return tuple(applied)
+
+    def push_gradient(self, slot, versions, loss, n_correct, n_samples, applied):
+        self.pipe.send((GRADIENT, self.worker, slot, tuple(versions), float(loss), int(n_correct), int(n_samples),
+                        tuple(bool(a) for a in applied)))
 
     def order(self, size):
         return self.blocks["orders"][self.worker, :size].copy()

@@ -340,7 +340,7 @@ class _ParallelRun:
             message = self._receive()
             if message is None or message[0] != GRADIENT:
                 continue
-            _, w, slot, versions, loss, n_correct, n = message
+            _, w, slot, versions, loss, n_correct, n, applied = message
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"the loss became {loss} in epoch {epoch}")
             loss_sum += loss * n
@@ -357,7 +357,7 @@ class _ParallelRun:
                 total += sum(m[3] for m in waiting.values())
                 waiting.clear()
             else:
-                server.apply(w, slot, versions)
+                server.apply(w, slot, versions, applied)
                 released = [w]
                 total += n
             if total >= epoch * self.n_train:
@@ -391,14 +391,17 @@ class _ParallelRun:
 
     def _end_of_phase_one_epoch(self, epoch, fields):
         """Snapshot, evaluate in the background, evolve (not after the run's last epoch); returns evolve seconds."""
-        started = time.perf_counter()
-        snapshot = self.transport.read_model()
-        self.snapshot_seconds += time.perf_counter() - started
-        future = self.executor.submit(_evaluate, snapshot, self.data.X_test, self.data.y_test)
-        started = time.perf_counter()
-        if epoch < self.config.epochs:
-            self.server.end_of_epoch(epoch, snapshot)
-        evolve_seconds = time.perf_counter() - started
+        # Workers apply their own updates: holding every layer's lock from the snapshot to the evolved
+        # layers' write-back keeps one from landing in between and being overwritten.
+        with self.transport.model_lock():
+            started = time.perf_counter()
+            snapshot = self.transport.read_model()
+            self.snapshot_seconds += time.perf_counter() - started
+            future = self.executor.submit(_evaluate, snapshot, self.data.X_test, self.data.y_test)
+            started = time.perf_counter()
+            if epoch < self.config.epochs:
+                self.server.end_of_epoch(epoch, snapshot)
+            evolve_seconds = time.perf_counter() - started
         # As wasap.train.fit records it: the nnz after the epoch's topology change.
         fields.update(epoch=epoch, nnz=self.server.nnz_per_layer(), evolve_seconds=evolve_seconds)
         self.pending.append((fields, future, snapshot))

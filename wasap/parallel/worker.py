@@ -9,7 +9,14 @@ Phase one (Algorithm 1, lines 2-10), one step:
    column view is rebuilt only when the layer's topology version changed);
 3. compute the mini-batch gradient with the core kernels
    (:meth:`wasap.model.SparseMLP.gradient_batch`) straight into the slot;
-4. push ``(worker, slot, versions, loss, ...)``.
+4. asynchronous variant: apply it to the served layers whose topology has not
+   changed since the pull, under each layer's lock, with the server's rule
+   (:meth:`~.transport.WorkerTransport.apply_gradient`): every update through
+   the server's one core would cap phase one at about a dozen workers, and on
+   two cores the server's share alone kept each worker below 90% busy;
+5. push ``(worker, slot, versions, loss, ..., applied)``: the server remaps and
+   applies the layers the worker could not (a topology changed in between),
+   counts the update and, once per epoch's worth of samples, evolves.
 
 The worker walks its partition (rows ``w, w + K, w + 2K, ...`` of the training
 data, one contiguous block of the shared copy, never copied again) in a fresh
@@ -154,7 +161,14 @@ def _phase_one(transport, account, model, worker, n_workers, config):
         loss, n_correct = model.gradient_batch(x_t, target, grads, bias_grads, dropout=config.dropout,
                                                dropout_seed=stream_seed(config.seed, step * n_workers + worker))
         account.charge("compute")
-        transport.push_gradient(slot, versions, loss, n_correct, batch_rows.shape[0])
+        if config.sync:
+            applied = (False,) * len(versions)  # the server applies the average of the K gradients
+        elif transport.command() != RUN:
+            return  # phase one is over: this step comes too late to count
+        else:
+            applied = transport.apply_gradient(slot, versions, lr=config.lr, momentum=config.momentum,
+                                               weight_decay=config.weight_decay, lr_fan_in=config.lr_fan_in)
+        transport.push_gradient(slot, versions, loss, n_correct, batch_rows.shape[0], applied)
         account.count()
         step += 1
         account.charge("other")
