@@ -189,7 +189,7 @@ def choose_micro_batch(sizes, budget_bytes):
 
 def eval_batch_size(sizes):
     """Rows per inference batch, as :meth:`wasap.model.SparseMLP.eval_batch_size` picks them."""
-    rows = int(min(1024, (64 << 20) // max(sizes)))
+    rows = int(min(128, (64 << 20) // max(sizes)))
     return max(16, rows - rows % 16)
 
 

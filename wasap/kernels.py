@@ -53,7 +53,10 @@ _KERNEL_OPTIONS = dict(cache=True, nogil=True, fastmath=True, error_model="numpy
 
 
 def set_threads(n_threads):
-    """Set how many threads the kernels of this process use.
+    """Set how many threads the kernels called from this thread use.
+
+    numba keeps the count per thread: a thread started later (an evaluation
+    thread, say) begins at ``NUMBA_NUM_THREADS`` and must call this itself.
 
     Parameters
     ----------

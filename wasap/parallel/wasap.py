@@ -205,7 +205,10 @@ class _ParallelRun:
         kernels.set_threads(1)
         context = multiprocessing.get_context(self.start_method)
         sampler = None
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasap-eval")
+        # numba's thread count is per thread: the evaluation thread must be limited too, or each
+        # evaluation runs an OpenMP team whose spinning takes a third of a core from the workers.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasap-eval", initializer=kernels.set_threads,
+                                      initargs=(1,))
         try:
             y = np.asarray(self.data.y_train)
             self.transport = SharedMemoryTransport(
