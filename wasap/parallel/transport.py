@@ -602,16 +602,22 @@ class SharedMemoryWorkerTransport(WorkerTransport):
     def acquire_slot(self, timeout):
         return self.slot.acquire(timeout=timeout)
 
+    @contextlib.contextmanager
+    def _locked_layer(self, layer):
+        """Hold ``layer``'s lock (the wait charged as lock_wait); yields its ``(version, nnz)``."""
+        self._charge("other")
+        self.locks[layer].acquire()
+        self._charge("lock_wait")
+        try:
+            yield tuple(int(v) for v in self.blocks["meta"][layer])
+        finally:
+            self.locks[layer].release()
+
     def pull_weights(self, model, versions):
         b = self.blocks
         new_versions = list(versions)
         for l, layer in enumerate(model.layers):
-            lock = self.locks[l]
-            self._charge("other")
-            lock.acquire()
-            self._charge("lock_wait")
-            try:
-                version, nnz = (int(v) for v in b["meta"][l])
+            with self._locked_layer(l) as (version, nnz):
                 if version != versions[l]:
                     indptr = b[f"indptr_{l}"].copy()
                     indices = b[f"indices_{l}"][:nnz].copy()
@@ -620,8 +626,6 @@ class SharedMemoryWorkerTransport(WorkerTransport):
                     layer.data[...] = b[f"data_{l}"][:nnz]
                     indptr = None
                 layer.bias[...] = b[f"bias_{l}"]
-            finally:
-                lock.release()
             if indptr is not None:
                 # The column view is rebuilt outside the lock: only on a new topology.
                 layer.set_structure(indptr, indices, data)
@@ -639,12 +643,7 @@ class SharedMemoryWorkerTransport(WorkerTransport):
         b = self.blocks
         applied = []
         for l in range(self.n_layers):
-            lock = self.locks[l]
-            self._charge("other")
-            lock.acquire()
-            self._charge("lock_wait")
-            try:
-                version, nnz = (int(v) for v in b["meta"][l])
+            with self._locked_layer(l) as (version, nnz):
                 current = version == versions[l]
                 if current:
                     layer_lr = lr * layer_lr_factor(nnz, self.sizes[l + 1], lr_fan_in)
@@ -653,8 +652,6 @@ class SharedMemoryWorkerTransport(WorkerTransport):
                                   weight_decay=weight_decay)
                     momentum_step(b[f"bias_{l}"], b[f"bias_grad_{l}"][self.worker, slot], b[f"bias_velocity_{l}"],
                                   lr=layer_lr, momentum=momentum)
-            finally:
-                lock.release()
             applied.append(current)
             self._charge("compute")
         return tuple(applied)
