@@ -9,7 +9,8 @@ memorisation.
 The knobs are the ones that decide whether a network this wide learns at all: the initial values
 (``he-uniform`` sized for the dense fan-in, as the paper; ``he-uniform-sparse`` for the connections a
 neuron has), a zeroed output layer (``--zero-output``: logits start at 0, loss at ln 2), the learning
-rate and ``--lr-fan-in`` (layers of a larger mean fan-in step ``lr * lr_fan_in / fan_in``), momentum,
+rate and ``--lr-fan-in`` (layers of a larger mean fan-in step ``lr * lr_fan_in / fan_in``) or a learning
+rate of the output layer's own (``--output-lr``), momentum,
 dropout and a linear warm-up. ``--baseline`` also trains scikit-learn's logistic regression by SGD over
 the same rows (one sample at a time), to show what one epoch can learn.
 
@@ -49,6 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--zero-output", action="store_true", help="start the output layer's weights at 0")
     parser.add_argument("--lr", type=float, default=0.01, help="[%(default)s]")
     parser.add_argument("--lr-fan-in", type=float, default=None, help="see wasap.optim.layer_lr_factor")
+    parser.add_argument("--output-lr", type=float, default=None,
+                        help="the output layer's own learning rate (default: lr, times its --lr-fan-in factor)")
     parser.add_argument("--momentum", type=float, default=0.9, help="[%(default)s]")
     parser.add_argument("--dropout", type=float, default=0.0, help="[%(default)s]")
     parser.add_argument("--warmup", type=int, default=0, help="batches of linear learning-rate warm-up [0]")
@@ -86,7 +89,9 @@ def train_one_pass(model, X, y, args):
                                        dropout=args.dropout, dropout_seed=stream_seed(args.seed, step))
         warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
         for l, layer in enumerate(model.layers):
-            lr = args.lr * warm * model.lr_factor(l, args.lr_fan_in)
+            last = l == len(model.layers) - 1
+            lr = warm * (args.output_lr if last and args.output_lr is not None
+                         else args.lr * model.lr_factor(l, args.lr_fan_in))
             momentum_step(layer.data, grads[l], layer.velocity, lr=lr, momentum=args.momentum)
             momentum_step(layer.bias, bias_grads[l], layer.bias_velocity, lr=lr, momentum=args.momentum)
         losses.append(loss)
@@ -127,7 +132,7 @@ def main(argv=None):
     after = model.evaluate(X_eval, y_eval)
     quarter = max(1, len(losses) // 4)
     print(f"{'-'.join(map(str, sizes))}, init {args.init}{' (output 0)' if args.zero_output else ''}, "
-          f"lr {args.lr:g}, lr_fan_in {args.lr_fan_in}, momentum {args.momentum:g}, dropout {args.dropout:g}, "
+          f"lr {args.lr:g}, output lr {args.output_lr}, lr_fan_in {args.lr_fan_in}, momentum {args.momentum:g}, dropout {args.dropout:g}, "
           f"warm-up {args.warmup}")
     print(f"  test loss {before[0]:.4f} -> {after[0]:.4f}, accuracy {before[1]:.3f} -> {after[1]:.3f}; "
           f"training loss, first quarter of the pass {np.mean(losses[:quarter]):.4f}, last quarter "
