@@ -325,3 +325,14 @@ def test_wide_gather_equals_numpy_take_and_transpose(n_features, batch):
     out = kernels.aligned_empty((n_features, batch))
     assert gather_transposed(X, rows, out) is out
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("n_features", [784, 4096])
+def test_gather_of_a_slice_equals_the_rows_it_names(n_features):
+    from wasap.kernels import gather_transposed
+
+    X = np.random.default_rng(1).standard_normal((50, n_features), dtype=np.float32)
+    np.testing.assert_array_equal(gather_transposed(X, slice(7, 23)), np.ascontiguousarray(X[7:23].T))
+    out = kernels.aligned_empty((n_features, 16))
+    assert gather_transposed(X, slice(7, 23), out) is out
+    np.testing.assert_array_equal(out, X[7:23].T)

@@ -1,9 +1,14 @@
 """The parameter server of WASAP-SGD: apply gradients as they arrive, evolve the topology, average replicas.
 
-Phase one (Algorithm 1, lines 11-21): each gradient is applied with momentum
-SGD (paper eq. 1, the rule of :func:`wasap.optim.momentum_step`)::
+Phase one (Algorithm 1, lines 11-21): each gradient is applied once, as it
+arrives, with momentum SGD (paper eq. 1, the rule of :func:`wasap.optim.momentum_step`)::
 
     v <- mu * v - lr * (g + weight_decay * w);   w <- w + v      (biases: no decay)
+
+In the asynchronous variant the worker that computed it applies it to every
+layer whose topology has not changed since its pull
+(:meth:`~.transport.WorkerTransport.apply_gradient`); :meth:`ParameterServer.apply`
+does the rest. In the synchronous variant the server applies the average.
 
 Once per epoch's worth of samples the server runs Importance Pruning (when
 due) and SET evolution on a private copy (:mod:`wasap.topology` through

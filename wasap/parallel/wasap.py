@@ -4,8 +4,10 @@ The main process is the parameter server. It puts the model and the training
 data in shared memory (:class:`~.transport.SharedMemoryTransport`), starts K
 worker processes (:mod:`.worker`) with an explicit start method, and then:
 
-- phase one, epochs ``1 .. phase2_start - 1``: applies gradients as they come
-  (:class:`~.server.ParameterServer`); at each epoch's worth of samples
+- phase one, epochs ``1 .. phase2_start - 1``: counts the gradients as they come and
+  applies those the workers could not (:class:`~.server.ParameterServer`; asynchronous
+  workers apply their own to layers whose topology is unchanged, the synchronous
+  variant's average is the server's); at each epoch's worth of samples
   (``n_train``) it snapshots the model, evaluates the snapshot on a background
   thread (so the workers are not kept waiting), and evolves the topology;
 - phase two, epochs ``phase2_start .. epochs``: the workers train independent
