@@ -54,6 +54,9 @@ BAD = [
     ("seed", dict(seed=-1)),
     # A flag given as a string would be truthy whatever it says.
     ("importance_pruning", dict(importance_pruning="no")),
+    ("zero_output", dict(zero_output="yes")),
+    ("output_lr", dict(output_lr=0.0)),
+    ("output_lr", dict(output_lr=float("nan"))),
 ]
 
 

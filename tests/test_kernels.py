@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse
 
 from wasap import kernels
-from wasap.model import SparseLayer
+from wasap.model import SparseLayer, SparseMLP
 
 FULL = kernels.DROPOUT_RESOLUTION
 
@@ -336,3 +336,19 @@ def test_gather_of_a_slice_equals_the_rows_it_names(n_features):
     out = kernels.aligned_empty((n_features, 16))
     assert gather_transposed(X, slice(7, 23), out) is out
     np.testing.assert_array_equal(out, X[7:23].T)
+
+
+def test_tanh_is_within_4e_7_of_numpy_over_the_whole_float32_range():
+    # The kernels compute tanh from multiply-adds (a libm call per element is 25x slower): one network
+    # 1-1-1 with unit weights returns tanh(x) for every x in the batch.
+    x = np.concatenate([np.linspace(-12, 12, 48001), np.geomspace(1e-30, 1e-2, 500),
+                        -np.geomspace(1e-30, 1e-2, 500), [0.0, 1e6, -1e6]]).astype(np.float32)
+    model = SparseMLP.random([1, 1, 1], epsilon=1, activation="tanh", output_activation="identity", loss="mse",
+                             warn=False)
+    for layer in model.layers:
+        layer.data[:] = 1.0
+        layer.bias[:] = 0.0
+    got = model.predict_output(x[:, None])[:, 0]
+    exact = np.tanh(x.astype(np.float64))
+    np.testing.assert_allclose(got, exact, rtol=4e-7, atol=4e-7)
+    assert np.all(np.abs(got) <= 1.0)

@@ -7,6 +7,7 @@ import pytest
 
 from wasap import SparseMLP, TrainConfig, fit
 from wasap.model import stream_seed
+from wasap.optim import SAME_RATES, LayerRates
 
 
 def network(seed=0, loss="cross-entropy"):
@@ -15,10 +16,10 @@ def network(seed=0, loss="cross-entropy"):
                             warn=False)
 
 
-@pytest.mark.parametrize("lr_fan_in", [None, 6.0])
+@pytest.mark.parametrize("rates", [SAME_RATES, LayerRates(lr_fan_in=6.0, output_ratio=3.0)])
 @pytest.mark.parametrize("loss", ["cross-entropy", "mse"])
 @pytest.mark.parametrize("micro_batch", [1, 5, 8])
-def test_micro_batches_give_the_whole_batch_update(loss, micro_batch, lr_fan_in):
+def test_micro_batches_give_the_whole_batch_update(loss, micro_batch, rates):
     rng = np.random.default_rng(1)
     x_t = np.ascontiguousarray(rng.standard_normal((9, 16)).astype(np.float32))
     target = (rng.integers(0, 3, 16) if loss == "cross-entropy"
@@ -26,9 +27,9 @@ def test_micro_batches_give_the_whole_batch_update(loss, micro_batch, lr_fan_in)
     whole, parts = network(loss=loss), network(loss=loss)
     for step in range(3):  # momentum carries over: check more than one step
         loss_whole, correct_whole = whole.train_batch(x_t, target, lr=0.05, momentum=0.9, weight_decay=1e-3,
-                                                      lr_fan_in=lr_fan_in)
+                                                      rates=rates)
         loss_parts, correct_parts = parts.train_batch(x_t, target, lr=0.05, momentum=0.9, weight_decay=1e-3,
-                                                      micro_batch=micro_batch, lr_fan_in=lr_fan_in)
+                                                      micro_batch=micro_batch, rates=rates)
         assert loss_parts == pytest.approx(loss_whole, rel=1e-5)
         assert correct_parts == correct_whole
     for a, b in zip(whole.layers, parts.layers):
@@ -58,27 +59,31 @@ def test_fit_with_micro_batches_learns():
     assert summary["best_test_accuracy"] > 0.85
 
 
-def test_lr_fan_in_scales_each_layers_step_by_its_mean_fan_in():
-    # Oracle: the batch's gradients, then momentum SGD written out in numpy with each layer's own rate
-    # lr * min(1, lr_fan_in / (nnz / n_out)).
+@pytest.mark.parametrize("lr_fan_in,output_lr", [(6.0, None), (None, 0.2), (6.0, 0.2)])
+def test_layer_rates_scale_each_layers_step(lr_fan_in, output_lr):
+    # Oracle: the batch's gradients, then momentum SGD written out in numpy with each layer's own rate:
+    # the output layer's own when given, else lr * min(1, lr_fan_in / (nnz / n_out)).
     rng = np.random.default_rng(4)
     x_t = np.ascontiguousarray(rng.standard_normal((9, 16)).astype(np.float32))
     target = rng.integers(0, 3, 16)
-    lr, momentum, decay, lr_fan_in = 0.05, 0.9, 1e-3, 6.0
+    lr, momentum, decay = 0.05, 0.9, 1e-3
+    rates = TrainConfig(lr=lr, lr_fan_in=lr_fan_in, output_lr=output_lr).layer_rates()
     model, reference = network(), network()
     fan_ins = [layer.nnz / layer.n_out for layer in model.layers]
-    assert min(fan_ins) < lr_fan_in < max(fan_ins), "some layers must be scaled and some not"
+    assert min(fan_ins[:-1]) < 6.0 < max(fan_ins[:-1]), "some hidden layers must be scaled and some not"
+    expected_rates = [lr * min(1.0, lr_fan_in / fan_in) if lr_fan_in else lr for fan_in in fan_ins]
+    if output_lr is not None:
+        expected_rates[-1] = output_lr
     for _ in range(2):
         grads = [np.zeros(layer.nnz, np.float32) for layer in reference.layers]
         bias_grads = [np.zeros(layer.n_out, np.float32) for layer in reference.layers]
         reference.gradient_batch(x_t, target, grads, bias_grads)
-        for layer, grad, bias_grad, fan_in in zip(reference.layers, grads, bias_grads, fan_ins):
-            rate = lr * min(1.0, lr_fan_in / fan_in)
+        for layer, grad, bias_grad, rate in zip(reference.layers, grads, bias_grads, expected_rates):
             layer.velocity[:] = momentum * layer.velocity - rate * (grad + decay * layer.data)
             layer.data += layer.velocity
             layer.bias_velocity[:] = momentum * layer.bias_velocity - rate * bias_grad
             layer.bias += layer.bias_velocity
-        model.train_batch(x_t, target, lr=lr, momentum=momentum, weight_decay=decay, lr_fan_in=lr_fan_in)
+        model.train_batch(x_t, target, lr=lr, momentum=momentum, weight_decay=decay, rates=rates)
     for a, b in zip(model.layers, reference.layers):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(a.bias, b.bias, rtol=1e-5, atol=1e-6)

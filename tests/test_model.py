@@ -191,6 +191,21 @@ def test_evaluate_cross_entropy_matches_numpy():
     assert accuracy == pytest.approx(np.mean(p.argmax(axis=1) == y))
 
 
+def test_zero_output_starts_the_logits_equal_on_the_same_topology():
+    config = TrainConfig(hidden=SIZES[1:-1], epsilon=2, seed=4)
+    usual = SparseMLP.from_config(SIZES[0], SIZES[-1], config, warn=False)
+    zeroed = SparseMLP.from_config(SIZES[0], SIZES[-1], config.replace(zero_output=True), warn=False)
+    for a, b in zip(usual.layers, zeroed.layers):
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.indices, b.indices)
+    for a, b in zip(usual.layers[:-1], zeroed.layers[:-1]):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert zeroed.layers[-1].nnz == usual.layers[-1].nnz and not zeroed.layers[-1].data.any()
+    X = _X()
+    loss, _ = zeroed.evaluate(X, np.zeros(X.shape[0], dtype=np.int64))
+    assert loss == pytest.approx(np.log(SIZES[-1]), rel=1e-6)
+
+
 def test_evaluate_mse_matches_numpy():
     model = _model(output_activation="identity", loss="mse")
     X = _X()

@@ -26,6 +26,7 @@ from wasap import topology
 from wasap.config import TrainConfig
 from wasap.data import Dataset
 from wasap.model import SparseLayer, SparseMLP
+from wasap.optim import LayerRates
 from wasap.parallel import fit_parallel
 from wasap.parallel.server import ParameterServer, apply_gradient, average_replicas
 from wasap.parallel.shm import SharedBlocks, SharedMemoryFull, check_free_space, leftover_segments, run_prefix
@@ -65,12 +66,13 @@ def _no_segments_of(pid):
 # -- 1. one synchronous worker = the sequential trainer ------------------------------------------------------
 
 
-@pytest.mark.parametrize("init,lr_fan_in", [("he-uniform", None), ("he-uniform-sparse", 6.0)])
-def test_one_synchronous_worker_reproduces_the_sequential_trainer(init, lr_fan_in):
+@pytest.mark.parametrize("init,rates", [("he-uniform", {}), ("he-uniform-sparse", dict(lr_fan_in=6.0)),
+                                        ("he-uniform", dict(output_lr=0.003, zero_output=True))])
+def test_one_synchronous_worker_reproduces_the_sequential_trainer(init, rates):
     data = _blobs()
     config = TrainConfig(hidden=(48, 32), epsilon=4, epochs=4, batch_size=32, seed=7, threads=1, workers=1,
                          sync=True, warmup_epochs=0, importance_pruning=True, ip_start=2, ip_every=2, init=init,
-                         lr_fan_in=lr_fan_in)
+                         **rates)
     sequential = SparseMLP.from_config(data.n_features, data.n_classes, config)
     parallel = sequential.copy()
     expected = fit(sequential, data, config, log=None, progress=False)
@@ -193,11 +195,12 @@ def test_a_worker_applies_its_gradient_only_to_layers_whose_topology_is_unchange
             g[:] = rng.standard_normal(g.shape[0])
             bg[:] = rng.standard_normal(bg.shape[0])
         before = [{k: np.array(v) for k, v in server.layer_state(l).items() if k != "version"} for l in range(2)]
-        lr, momentum, decay, lr_fan_in = 0.1, 0.9, 0.01, 2.0
+        lr, momentum, decay, lr_fan_in, output_ratio = 0.1, 0.9, 0.01, 2.0, 0.25
+        rates = LayerRates(lr_fan_in=lr_fan_in, output_ratio=output_ratio)
         assert worker.apply_gradient(1, [0, 0], lr=lr, momentum=momentum, weight_decay=decay,
-                                     lr_fan_in=lr_fan_in) == (True, True)
+                                     rates=rates) == (True, True)
         for l, layer in enumerate(model.layers):
-            rate = lr * min(1.0, lr_fan_in / (layer.nnz / layer.n_out))
+            rate = lr * (output_ratio if l == 1 else min(1.0, lr_fan_in / (layer.nnz / layer.n_out)))
             velocity = momentum * before[l]["velocity"] - rate * (grads[l] + decay * before[l]["data"])
             bias_velocity = momentum * before[l]["bias_velocity"] - rate * bias_grads[l]
             state = server.layer_state(l)
@@ -212,7 +215,7 @@ def test_a_worker_applies_its_gradient_only_to_layers_whose_topology_is_unchange
         frozen = np.array(server.layer_state(0)["data"])
         moving = np.array(server.layer_state(1)["data"])
         assert worker.apply_gradient(1, [0, 0], lr=lr, momentum=momentum, weight_decay=decay,
-                                     lr_fan_in=lr_fan_in) == (False, True)
+                                     rates=rates) == (False, True)
         np.testing.assert_array_equal(server.layer_state(0)["data"], frozen)
         assert not np.array_equal(server.layer_state(1)["data"], moving)
         worker.close()

@@ -38,9 +38,14 @@ batch 128). When ``TrainConfig`` has ``micro_batch``, each batch is split into m
 ``--micro-batch`` samples (default: as many as fit in ``--activation-budget`` GiB) whose gradients add
 up to one update; without it a row whose batch activations exceed the budget is refused.
 
+``--recipe paper`` trains with the paper's Table 5 settings; ``--recipe width-aware`` with tanh, weights
+sized for the connections a neuron has, a zeroed output layer and learning rates scaled with the output
+layer's fan-in (see :func:`training_hyper`), under which these networks learn in their first epoch.
+
 Usage::
 
     python tools/scale.py --rows 1M --max-batches 3 --eval-samples 200
+    python tools/scale.py --rows 1M --recipe width-aware
     python tools/scale.py --rows wide
     python tools/scale.py --rows leukemia --max-batches 2
     python tools/scale.py --rows 10M --max-batches 5 --eval-samples 500 --json scale.json
@@ -64,6 +69,12 @@ from wasap.topology import INIT_SCHEMES  # noqa: E402  (needs the path above)
 GIB = 1 << 30
 BATCH_SIZE = 128
 HYPER = dict(dropout=0.4, lr=0.01, momentum=0.9)  # the paper's Table 5 settings
+PAPER_WEIGHT_DECAY = 2e-4  # wasap's default, the paper code's
+#: ``--recipe width-aware``: with ``n`` inputs an output neuron, hidden layers step at ``LR_PER_INPUT * n``
+#: and the output layer, zeroed at the start, at ``OUTPUT_LR_TIMES_INPUTS / n`` (the rates that made
+#: 65536-W-W-2 learn in one epoch at W = 50000 and 500000 in tools/wide_learning.py).
+LR_PER_INPUT = 6e-5
+OUTPUT_LR_TIMES_INPUTS = 75.0
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 WIDE_THREADS = (1, 2)
 #: Python, numpy, numba and the compiled kernels, before any model exists (measured about 0.25 GB).
@@ -137,6 +148,30 @@ def make_rows():
 
 ROWS = make_rows()
 ROW_CHOICES = ("1M", "5M", "10M", "20M", "50M", "leukemia", "wide")
+
+
+def training_hyper(row, args):
+    """``TrainConfig`` keyword arguments of a row's training under ``--recipe``.
+
+    ``paper``: the paper's Table 5 settings (lr 0.01 for every layer, dropout 0.4), with ``--init`` and
+    ``--lr-fan-in``. ``width-aware``: the output layer zeroed and stepping at ``OUTPUT_LR_TIMES_INPUTS / n``,
+    the hidden layers, initialised for the fan-in a neuron has, at ``LR_PER_INPUT * n``, where ``n`` is
+    an output neuron's mean fan-in: a hidden weight's gradient goes through the output weights, which
+    stay of order ``1 / n``, so hidden steps of order ``n`` are what moves the features (a maximal-update
+    parametrisation in the manner of Yang & Hu 2021). Weight decay keeps the paper's shrink per step,
+    ``0.01 * 2e-4``, whatever the rate. ``--dropout`` overrides either's dropout.
+    """
+    if args.recipe == "paper":
+        hyper = dict(init=args.init, lr_fan_in=args.lr_fan_in, **HYPER)
+    else:
+        inputs = row_nnz(row)[-1] / row.sizes[-1]
+        lr = LR_PER_INPUT * inputs
+        hyper = dict(activation="tanh", init="he-uniform-sparse", zero_output=True, lr=lr, output_lr=OUTPUT_LR_TIMES_INPUTS / inputs,
+                     momentum=HYPER["momentum"], dropout=HYPER["dropout"],
+                     weight_decay=PAPER_WEIGHT_DECAY * HYPER["lr"] / lr)
+    if args.dropout is not None:
+        hyper["dropout"] = args.dropout
+    return hyper
 
 
 def data_spec(row, args):
@@ -354,7 +389,8 @@ def warm_up(depth, n_classes, config_kwargs, seed):
 
     started = time.perf_counter()
     sizes = [64] + [256] * (depth - 1) + [n_classes]
-    model = SparseMLP.random(sizes, epsilon=1, seed=seed, warn=False)
+    model = SparseMLP.random(sizes, epsilon=1, activation=config_kwargs.get("activation", "all-relu"), seed=seed,
+                             warn=False)
     trainer = SequentialTrainer(model, TrainConfig(**config_kwargs))
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((BATCH_SIZE, sizes[0]), dtype=np.float32)
@@ -379,16 +415,18 @@ def run_row(args):
     spec = data_spec(row, args)
     wasap.kernels.set_threads(args.threads)
     config_kwargs = dict(hidden=row.sizes[1:-1], epsilon=row.epsilon, batch_size=BATCH_SIZE, seed=args.seed,
-                         init=args.init, lr_fan_in=args.lr_fan_in, **HYPER)
+                         **training_hyper(row, args))
     if micro_batch_supported():
         config_kwargs["micro_batch"] = args.micro_batch
-    result = {"row": row.name, "threads": args.threads, "micro_batch": config_kwargs.get("micro_batch"),
+    result = {"row": row.name, "hyper": {key: config_kwargs[key] for key in training_hyper(row, args)},
+              "threads": args.threads, "micro_batch": config_kwargs.get("micro_batch"),
               "compile_s": warm_up(len(row.sizes) - 1, row.sizes[-1], config_kwargs, args.seed),
               "rss_before_model": rss_bytes()}
 
     started = time.perf_counter()
-    model = SparseMLP.random(row.sizes, epsilon=row.epsilon, alpha=TrainConfig.alpha, init=args.init, seed=args.seed,
-                             warn=False)
+    model = SparseMLP.random(row.sizes, epsilon=row.epsilon, activation=config_kwargs.get("activation", "all-relu"),
+                             alpha=TrainConfig.alpha, init=config_kwargs["init"],
+                             seed=args.seed, warn=False, zero_output=config_kwargs.get("zero_output", False))
     result["init_s"] = time.perf_counter() - started
     result["nnz_per_layer"] = model.nnz_per_layer()
     result["model_bytes"] = int(sum(array.nbytes for layer in model.layers for array in vars(layer).values()
@@ -525,8 +563,10 @@ def spawn_row(row, plan, args, data_dir):
                    "--max-batches", str(args.max_batches), "--eval-samples", str(args.eval_samples),
                    "--samples", str(args.samples), "--seed", str(args.seed), "--init", args.init,
                    "--informative", str(args.informative), "--micro-batch", str(plan["micro_batch"] or BATCH_SIZE)]
-        if args.lr_fan_in is not None:
-            command += ["--lr-fan-in", str(args.lr_fan_in)]
+        command += ["--recipe", args.recipe]
+        for name in ("lr_fan_in", "dropout"):
+            if getattr(args, name) is not None:
+                command += ["--" + name.replace("_", "-"), str(getattr(args, name))]
         started = time.perf_counter()
         returncode = subprocess.run(command, env=env, stdout=sys.stderr).returncode
         if returncode != 0:
@@ -610,8 +650,7 @@ def loss_trend(losses):
 def print_report(report, args):
     """The results table, the notes under it and the GFLOP/s comparison of the ``wide`` row."""
     print()
-    print(f"Scale test: batch {BATCH_SIZE}, dropout {HYPER['dropout']}, lr {HYPER['lr']}, momentum "
-          f"{HYPER['momentum']}, init {args.init}, lr_fan_in {args.lr_fan_in}, {args.informative} informative "
+    print(f"Scale test: batch {BATCH_SIZE}, recipe {args.recipe}, {args.informative} informative "
           f"features; {args.max_batches} batch(es) measured per row; "
           f"{os.cpu_count()} logical CPUs; "
           f"micro_batch {'supported' if report['micro_batch_supported'] else 'not in this wasap'}")
@@ -633,7 +672,9 @@ def print_report(report, args):
         print(f"{lead}{entry['micro_batch'] or '-':>6}{entry['init_s']:>8.1f}{entry['train_epoch_s']:>11.1f}"
               f"{first:>10.4f}->{last:<7.4f}{entry['eval_s']:>8.1f}{entry['evolve_s']:>9.2f}"
               f"{_gib(entry['peak_rss']):>9}{_size(entry['dense_bytes']):>10}{entry['load_before']:>6.2f}")
-        notes.append(f"{entry['row']} ({entry['threads']}t): training timed on {entry['train_samples']} samples "
+        hyper = ", ".join(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}"
+                          for key, value in entry["hyper"].items())
+        notes.append(f"{entry['row']} ({entry['threads']}t): {hyper}; training timed on {entry['train_samples']} samples "
                      f"({entry['train_measured_s']:.2f} s), per epoch of {entry['epoch_samples']}"
                      f"{' (extrapolated)' if entry['train_samples'] != entry['epoch_samples'] else ''}; "
                      f"evaluation timed on {entry['eval_samples']} rows ({entry['eval_measured_s']:.2f} s), "
@@ -697,10 +738,16 @@ def parse_args(argv=None):
                         help="kernel threads of each row but wide (default: one per core; the load average "
                              "is printed, not used, since the previous row's own load would count in it)")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="he-uniform",
-                        help="initial weights (see wasap.topology.initial_values) [%(default)s]")
+                        help="initial weights under --recipe paper (see wasap.topology.initial_values) "
+                             "[%(default)s]")
+    parser.add_argument("--recipe", choices=("paper", "width-aware"), default="paper",
+                        help="the learning rates and initial values: the paper's Table 5 settings, or rates "
+                             "scaled with the output layer's fan-in (see training_hyper) [%(default)s]")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help=f"hidden dropout (default: {HYPER['dropout']}, the paper's)")
     parser.add_argument("--lr-fan-in", type=float, default=None,
                         help="layers of a larger mean fan-in take steps of lr * LR_FAN_IN / fan-in "
-                             "(wasap.optim.layer_lr_factor); default: lr everywhere, as the paper")
+                             "(wasap.optim.LayerRates); default: lr everywhere, as the paper")
     parser.add_argument("--informative", type=int, default=2,
                         help="informative features of the make_classification data; 2 is scikit-learn's "
                              "default, which the paper's call kept [%(default)s]")

@@ -6,7 +6,8 @@ loss and accuracy before and after, and the mean training loss of the first and 
 pass. Every batch is new to the network, so a falling training loss here is generalisation, not
 memorisation.
 
-The knobs are the ones that decide whether a network this wide learns at all: the initial values
+The knobs are the ones that decide whether a network this wide learns at all: the hidden activation
+(``--activation tanh``: zero-mean outputs, so the output layer has no huge common mode), the initial values
 (``he-uniform`` sized for the dense fan-in, as the paper; ``he-uniform-sparse`` for the connections a
 neuron has), a zeroed output layer (``--zero-output``: logits start at 0, loss at ln 2), the learning
 rate and ``--lr-fan-in`` (layers of a larger mean fan-in step ``lr * lr_fan_in / fan_in``) or a learning
@@ -18,6 +19,8 @@ Usage::
 
     python tools/wide_learning.py                                    # the paper's recipe
     python tools/wide_learning.py --init he-uniform-sparse --zero-output --lr 3 --lr-fan-in 25
+    python tools/wide_learning.py --width 500000 --activation tanh --init he-uniform-sparse --zero-output \
+        --lr 30 --output-lr 1.5e-4
     python tools/wide_learning.py --baseline
 """
 
@@ -34,7 +37,8 @@ import numpy as np  # noqa: E402
 
 from wasap import kernels, load_dataset  # noqa: E402
 from wasap.model import SparseMLP, stream_seed  # noqa: E402
-from wasap.optim import momentum_step  # noqa: E402
+from wasap.optim import LayerRates  # noqa: E402
+from wasap.activations import HIDDEN_ACTIVATIONS  # noqa: E402
 from wasap.topology import INIT_SCHEMES  # noqa: E402
 from wasap.kernels import gather_transposed  # noqa: E402
 
@@ -46,10 +50,11 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=50000, help="neurons of each hidden layer [%(default)s]")
     parser.add_argument("--epsilon", type=float, default=10.0, help="[%(default)s]")
+    parser.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default="all-relu", help="[%(default)s]")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="he-uniform", help="[%(default)s]")
     parser.add_argument("--zero-output", action="store_true", help="start the output layer's weights at 0")
     parser.add_argument("--lr", type=float, default=0.01, help="[%(default)s]")
-    parser.add_argument("--lr-fan-in", type=float, default=None, help="see wasap.optim.layer_lr_factor")
+    parser.add_argument("--lr-fan-in", type=float, default=None, help="see wasap.optim.LayerRates")
     parser.add_argument("--output-lr", type=float, default=None,
                         help="the output layer's own learning rate (default: lr, times its --lr-fan-in factor)")
     parser.add_argument("--momentum", type=float, default=0.9, help="[%(default)s]")
@@ -79,21 +84,16 @@ def load_data(args):
 
 def train_one_pass(model, X, y, args):
     """One pass in a random order; returns each batch's training loss."""
-    grads = [np.zeros(layer.nnz, np.float32) for layer in model.layers]
-    bias_grads = [np.zeros(layer.n_out, np.float32) for layer in model.layers]
+    rates = LayerRates(lr_fan_in=args.lr_fan_in,
+                       output_ratio=None if args.output_lr is None else args.output_lr / args.lr)
     order = np.random.default_rng(args.seed).permutation(y.shape[0])
     losses = []
     for step in range(y.shape[0] // BATCH_SIZE):
         rows = order[step * BATCH_SIZE:(step + 1) * BATCH_SIZE]
-        loss, _ = model.gradient_batch(gather_transposed(X, rows), y[rows], grads, bias_grads,
-                                       dropout=args.dropout, dropout_seed=stream_seed(args.seed, step))
         warm = min(1.0, (step + 1) / args.warmup) if args.warmup else 1.0
-        for l, layer in enumerate(model.layers):
-            last = l == len(model.layers) - 1
-            lr = warm * (args.output_lr if last and args.output_lr is not None
-                         else args.lr * model.lr_factor(l, args.lr_fan_in))
-            momentum_step(layer.data, grads[l], layer.velocity, lr=lr, momentum=args.momentum)
-            momentum_step(layer.bias, bias_grads[l], layer.bias_velocity, lr=lr, momentum=args.momentum)
+        loss, _ = model.train_batch(gather_transposed(X, rows), y[rows], lr=warm * args.lr, momentum=args.momentum,
+                                    weight_decay=0.0, dropout=args.dropout, dropout_seed=stream_seed(args.seed, step),
+                                    rates=rates)
         losses.append(loss)
     return losses
 
@@ -123,15 +123,15 @@ def main(argv=None):
     if args.baseline:
         logistic_baseline(X_train, y_train, X_test, y_test, args.seed)
     sizes = (X_train.shape[1], args.width, args.width, 2)
-    model = SparseMLP.random(sizes, epsilon=args.epsilon, init=args.init, seed=args.seed, warn=False)
-    if args.zero_output:
-        model.layers[-1].data[:] = 0.0
+    model = SparseMLP.random(sizes, epsilon=args.epsilon, activation=args.activation, init=args.init, seed=args.seed,
+                             warn=False,
+                             zero_output=args.zero_output)
     X_eval, y_eval = X_test[:args.eval_samples], y_test[:args.eval_samples]
     before = model.evaluate(X_eval, y_eval)
     losses = train_one_pass(model, X_train, y_train, args)
     after = model.evaluate(X_eval, y_eval)
     quarter = max(1, len(losses) // 4)
-    print(f"{'-'.join(map(str, sizes))}, init {args.init}{' (output 0)' if args.zero_output else ''}, "
+    print(f"{'-'.join(map(str, sizes))}, {args.activation}, init {args.init}{' (output 0)' if args.zero_output else ''}, "
           f"lr {args.lr:g}, output lr {args.output_lr}, lr_fan_in {args.lr_fan_in}, momentum {args.momentum:g}, dropout {args.dropout:g}, "
           f"warm-up {args.warmup}")
     print(f"  test loss {before[0]:.4f} -> {after[0]:.4f}, accuracy {before[1]:.3f} -> {after[1]:.3f}; "

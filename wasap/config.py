@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .activations import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
+from .optim import LayerRates
 from .topology import INIT_SCHEMES
 
 
@@ -49,8 +50,17 @@ class TrainConfig:
     lr, momentum, weight_decay, dropout : float
     lr_fan_in : float or None
         Layers whose mean fan-in (nnz / neurons) exceeds this take steps of
-        ``lr * lr_fan_in / fan_in`` (:func:`wasap.optim.layer_lr_factor`): for very wide
+        ``lr * lr_fan_in / fan_in`` (:class:`wasap.optim.LayerRates`): for very wide
         layers, whose steps would otherwise grow with their width. None: ``lr`` everywhere.
+    output_lr : float or None
+        The output layer's own learning rate; None: ``lr`` (times the
+        ``lr_fan_in`` factor). Scaled with ``lr`` by warm-up and the synchronous
+        variant (:class:`wasap.optim.LayerRates`).
+    zero_output : bool
+        Start the output layer's weights at 0. With ``activation="tanh"``,
+        ``init="he-uniform-sparse"``, ``output_lr`` about ``75 / n`` and ``lr``
+        about ``6e-5 * n`` for ``n`` inputs an output neuron, networks 50000 to
+        500000 wide learn in one epoch (README, "Big networks").
     importance_pruning : bool
     ip_start, ip_every : int
         Importance Pruning runs after epochs ``e >= ip_start`` with ``e % ip_every == 0``.
@@ -85,6 +95,8 @@ class TrainConfig:
     weight_decay: float = 2e-4
     dropout: float = 0.3
     lr_fan_in: float = None
+    output_lr: float = None
+    zero_output: bool = False
     importance_pruning: bool = False
     ip_start: int = 200
     ip_every: int = 10
@@ -126,6 +138,9 @@ class TrainConfig:
         _integer("batch_size", self.batch_size, 1)
         if self.lr_fan_in is not None:
             _positive("lr_fan_in", self.lr_fan_in)
+        if self.output_lr is not None:
+            _positive("output_lr", self.output_lr)
+        _flag("zero_output", self.zero_output)
         if self.micro_batch is not None:
             _integer("micro_batch", self.micro_batch, 1)
         _positive("lr", self.lr)
@@ -146,6 +161,11 @@ class TrainConfig:
         _integer("seed", self.seed, 0)
         if self.activation == "leaky-relu" and self.alpha is not None and not 0 <= self.alpha < 1:
             raise ConfigError(f"alpha (the leaky ReLU slope) must be in [0, 1), got {self.alpha}.")
+
+    def layer_rates(self):
+        """Each layer's learning rate relative to ``lr`` (:class:`wasap.optim.LayerRates`)."""
+        output_ratio = None if self.output_lr is None else self.output_lr / self.lr
+        return LayerRates(lr_fan_in=self.lr_fan_in, output_ratio=output_ratio)
 
     def replace(self, **changes):
         """A validated copy with some values changed."""

@@ -64,7 +64,8 @@ class _BaseSparseMLP(BaseEstimator):
     _loss = None
 
     def __init__(self, hidden_layer_sizes=(400, 100, 400), *, activation="all-relu", alpha=0.5, epsilon=20.0,
-                 zeta=0.3, init="he-uniform", epochs=100, batch_size=128, lr=0.01, lr_fan_in=None, momentum=0.9,
+                 zeta=0.3, init="he-uniform", epochs=100, batch_size=128, lr=0.01, lr_fan_in=None, output_lr=None,
+                 zero_output=False, momentum=0.9,
                  weight_decay=2e-4, dropout=0.3, importance_pruning=False, ip_start=200, ip_every=10,
                  ip_percentile=20.0, threads=None, workers=1, sync=False, phase2_start=None, warm_start=False,
                  random_state=None, verbose=False):
@@ -78,6 +79,8 @@ class _BaseSparseMLP(BaseEstimator):
         self.batch_size = batch_size
         self.lr = lr
         self.lr_fan_in = lr_fan_in
+        self.output_lr = output_lr
+        self.zero_output = zero_output
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.dropout = dropout
@@ -107,7 +110,9 @@ class _BaseSparseMLP(BaseEstimator):
         return TrainConfig(
             hidden=hidden, activation=self.activation, alpha=self.alpha, epsilon=self.epsilon, init=self.init,
             output_activation=self._output_activation, loss=self._loss, zeta=self.zeta, epochs=self.epochs,
-            batch_size=self.batch_size, lr=self.lr, lr_fan_in=self.lr_fan_in, momentum=self.momentum, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, lr=self.lr, lr_fan_in=self.lr_fan_in,
+            output_lr=self.output_lr, zero_output=self.zero_output, momentum=self.momentum,
+            weight_decay=self.weight_decay,
             dropout=self.dropout, importance_pruning=self.importance_pruning, ip_start=self.ip_start,
             ip_every=self.ip_every, ip_percentile=self.ip_percentile, seed=seed, threads=self.threads,
             workers=self.workers, sync=self.sync, phase2_start=self.phase2_start,
@@ -244,7 +249,12 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
         Learning rate of momentum SGD.
     lr_fan_in : float or None, default=None
         Layers whose mean fan-in exceeds this take steps of ``lr * lr_fan_in / fan_in``
-        (:func:`wasap.optim.layer_lr_factor`); None: ``lr`` for every layer.
+        (:class:`wasap.optim.LayerRates`); None: ``lr`` for every layer.
+    output_lr : float or None, default=None
+        The output layer's own learning rate; None: ``lr`` (times the ``lr_fan_in`` factor).
+    zero_output : bool, default=False
+        Start the output layer's weights at 0. With ``output_lr``, the recipe that makes
+        networks hundreds of thousands of neurons wide learn (README, "Big networks").
     momentum : float, default=0.9
     weight_decay : float, default=2e-4
         L2 weight decay inside momentum SGD (MLPClassifier's ``alpha``).

@@ -30,7 +30,7 @@ Activation codes (``act``) used by the kernels:
 - ``ACT_PIECEWISE``: ``f(z) = z`` for ``z > 0`` and ``slope * z`` otherwise;
   identity (slope 1), ReLU (0), leaky ReLU and All-ReLU (+-alpha) are all this.
 - ``ACT_SIGMOID``: ``f(z) = 1 / (1 + exp(-z))``.
-- ``ACT_TANH``: ``f(z) = tanh(z)``.
+- ``ACT_TANH``: ``f(z) = tanh(z)`` (:func:`_tanh32`, vectorised, within 4e-7).
 """
 
 import os
@@ -422,6 +422,32 @@ def _fwd_block1(proto, j, c, start, stop, col_rows, col_perm, data, b0, a_prev, 
 
 
 @njit(inline="always")
+def _tanh32(x):
+    """tanh of a float32 from multiply-adds and one division, within 4e-7 of the exact value.
+
+    ``np.tanh`` in a kernel is a libm call per element (about 25 ns here), which a
+    5M-wide layer pays 640M times a batch; this form vectorises (under 1 ns).
+    With ``a = min(|x|, 9)`` (tanh(9) rounds to 1 in float32) and ``z = -2a / 32``,
+    ``m = expm1(z)`` by its Taylor series to ``z**9`` (error below 3e-9 for
+    ``|z| <= 0.5625``), doubled five times with ``expm1(2z) = m (m + 2)``, which
+    keeps the relative accuracy near 0, gives ``expm1(-2a)``; then
+    ``tanh(a) = -expm1(-2a) / (2 + expm1(-2a))`` and the sign of ``x``.
+    """
+    a = min(np.abs(x), np.float32(9.0))
+    z = a * np.float32(-2.0 / 32.0)
+    m = np.float32(1.0 / 362880.0)
+    for inverse_factorial in (1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0,
+                              0.5, 1.0):
+        m = m * z + np.float32(inverse_factorial)
+    m = m * z
+    two = np.float32(2.0)
+    for _ in range(5):
+        m = m * (m + two)
+    t = min(-m / (m + two), np.float32(1.0))  # the division may round one ulp above 1
+    return t if x >= 0 else -t
+
+
+@njit(inline="always")
 def _dropout_range(row, deriv_row, need_deriv, neuron, b_from, batch, groups, keep_threshold, keep_scale, seed):
     """Scalar inverted dropout of ``row[b_from:batch]`` (same draws as :func:`vdropout`)."""
     for b in range(b_from, batch):
@@ -548,7 +574,7 @@ def forward_layer(col_indptr, col_rows, col_perm, data, bias, a_prev, act, slope
                     d[b] = out[b] * (1.0 - out[b])
         elif act == ACT_TANH:
             for b in range(batch):
-                out[b] = np.tanh(out[b])
+                out[b] = _tanh32(out[b])
             if need_deriv:
                 d = deriv_out[j]
                 for b in range(batch):

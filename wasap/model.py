@@ -14,7 +14,7 @@ import scipy.sparse
 
 from . import activations, kernels, topology
 from .files import atomic_file
-from .optim import layer_lr_factor, momentum_step
+from .optim import SAME_RATES, momentum_step
 
 MODEL_FORMAT = "wasap-model-1"
 
@@ -185,7 +185,7 @@ class SparseMLP:
 
     @classmethod
     def random(cls, sizes, *, epsilon=20.0, activation="all-relu", alpha=0.5, init="he-uniform",
-               output_activation="softmax", loss="cross-entropy", seed=0, warn=True):
+               output_activation="softmax", loss="cross-entropy", seed=0, warn=True, zero_output=False):
         """A network of Erdős–Rényi sparse layers.
 
         Parameters
@@ -199,6 +199,11 @@ class SparseMLP:
         seed : int or numpy.random.Generator
         warn : bool
             Warn when epsilon makes a layer dense.
+        zero_output : bool
+            Start the output layer's weights at 0 (its topology is drawn as usual):
+            the logits start equal, and the first steps teach the output layer
+            before they move the hidden ones, which keeps a layer of millions of
+            inputs from starting with logits of a huge spread.
         """
         sizes = [int(n) for n in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
@@ -209,6 +214,8 @@ class SparseMLP:
         last = len(sizes) - 2
         layers = [SparseLayer.random(n_in, n_out, epsilon, rng, init=init, warn=warn and l < last)
                   for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:]))]
+        if zero_output:
+            layers[-1].data[:] = 0.0
         return cls(layers, activation=activation, alpha=alpha, output_activation=output_activation, loss=loss)
 
     @classmethod
@@ -217,7 +224,7 @@ class SparseMLP:
         return cls.random([n_features, *config.hidden, n_outputs], epsilon=config.epsilon,
                           activation=config.activation, alpha=config.alpha, init=config.init,
                           output_activation=config.output_activation, loss=config.loss,
-                          seed=config.seed, warn=warn)
+                          seed=config.seed, warn=warn, zero_output=config.zero_output)
 
     # -- shape ---------------------------------------------------------------------------------
 
@@ -324,7 +331,7 @@ class SparseMLP:
         return loss, 0
 
     def backward(self, x_t, ws, *, lr=0.0, momentum=0.0, weight_decay=0.0, grads=None, bias_grads=None,
-                 accumulate=False, lr_fan_in=None):
+                 accumulate=False, rates=SAME_RATES):
         """Backward pass after :meth:`forward` and :meth:`loss_and_delta`.
 
         With ``grads`` None the weights are updated in place (momentum SGD, fused
@@ -346,18 +353,18 @@ class SparseMLP:
             below = ws.derivs[l]
             kernels.backward_layer(
                 layer.indptr, layer.indices, layer.data, layer.velocity, a_prev, delta, below, below,
-                l > 0, mode, empty if update else grads[l], lr * self.lr_factor(l, lr_fan_in), momentum, weight_decay,
+                l > 0, mode, empty if update else grads[l], lr * self.lr_factor(l, rates), momentum, weight_decay,
                 layer.bias, layer.bias_velocity, empty if update else bias_grads[l],
             )
             delta = below
 
-    def lr_factor(self, l, lr_fan_in):
-        """Factor on layer ``l``'s learning rate (:func:`wasap.optim.layer_lr_factor`)."""
+    def lr_factor(self, l, rates):
+        """Factor on layer ``l``'s learning rate (:meth:`wasap.optim.LayerRates.factor`)."""
         layer = self.layers[l]
-        return layer_lr_factor(layer.nnz, layer.n_out, lr_fan_in)
+        return rates.factor(layer.nnz, layer.n_out, l == len(self.layers) - 1)
 
     def train_batch(self, x_t, target, *, lr, momentum, weight_decay, dropout=0.0, dropout_seed=0,
-                    micro_batch=None, lr_fan_in=None):
+                    micro_batch=None, rates=SAME_RATES):
         """One momentum SGD step on a batch; returns ``(loss, n_correct)``.
 
         Parameters
@@ -371,21 +378,21 @@ class SparseMLP:
             gradients add up to the batch's, then take one step: the same
             update (dropout masks aside: each part draws its own) with
             activation buffers for ``micro_batch`` samples instead of the batch.
-        lr_fan_in : float, optional
-            Smaller steps for layers of larger mean fan-in (:meth:`lr_factor`).
+        rates : wasap.optim.LayerRates, optional
+            Each layer's rate relative to ``lr`` (:meth:`lr_factor`); default: ``lr`` everywhere.
         """
         if micro_batch is not None and x_t.shape[1] > micro_batch:
             return self._train_batch_in_parts(x_t, target, micro_batch, lr=lr, momentum=momentum,
                                               weight_decay=weight_decay, dropout=dropout,
-                                              dropout_seed=dropout_seed, lr_fan_in=lr_fan_in)
+                                              dropout_seed=dropout_seed, rates=rates)
         ws = self.workspace(x_t.shape[1], training=True)
         output = self.forward(x_t, ws, dropout=dropout, dropout_seed=dropout_seed)
         loss, n_correct = self.loss_and_delta(output, target, ws)
-        self.backward(x_t, ws, lr=lr, momentum=momentum, weight_decay=weight_decay, lr_fan_in=lr_fan_in)
+        self.backward(x_t, ws, lr=lr, momentum=momentum, weight_decay=weight_decay, rates=rates)
         return loss, n_correct
 
     def _train_batch_in_parts(self, x_t, target, micro_batch, *, lr, momentum, weight_decay, dropout, dropout_seed,
-                              lr_fan_in):
+                              rates):
         """:meth:`train_batch` through gradient accumulation over micro-batches."""
         batch = x_t.shape[1]
         grads, bias_grads = self._gradient_buffers()
@@ -404,7 +411,7 @@ class SparseMLP:
             total_loss += loss * (stop - start)
             total_correct += n_correct
         for l, (layer, grad, bias_grad) in enumerate(zip(self.layers, grads, bias_grads)):
-            layer_lr = lr * self.lr_factor(l, lr_fan_in)
+            layer_lr = lr * self.lr_factor(l, rates)
             momentum_step(layer.data, grad, layer.velocity, lr=layer_lr, momentum=momentum, weight_decay=weight_decay)
             momentum_step(layer.bias, bias_grad, layer.bias_velocity, lr=layer_lr, momentum=momentum)
         return total_loss / batch, total_correct

@@ -48,27 +48,57 @@ def momentum_step(param, grad, velocity, *, lr, momentum, weight_decay=0.0):
     _momentum_kernel(param, grad, velocity, float(lr), float(momentum), float(weight_decay))
 
 
-def layer_lr_factor(nnz, n_out, lr_fan_in):
-    """Factor on a layer's learning rate: ``min(1, lr_fan_in / fan-in)``, 1 without ``lr_fan_in``.
+@dataclass(frozen=True)
+class LayerRates:
+    """How each layer's learning rate derives from the base rate ``lr``.
 
     One SGD step changes a neuron's input by about ``lr * fan_in * E[a**2] * delta``:
     with the same ``lr`` a dense output layer of 5M inputs moves 10**5 times as far
-    as a hidden layer with 50 connections a neuron and diverges, so layers whose
-    mean fan-in ``nnz / n_out`` exceeds ``lr_fan_in`` take proportionally smaller steps.
+    as a hidden layer with 50 connections a neuron and diverges. Two remedies, for
+    networks hundreds of thousands of neurons wide:
+
+    - ``lr_fan_in``: layers whose mean fan-in ``nnz / n_out`` exceeds it take
+      proportionally smaller steps, ``lr * lr_fan_in / fan_in``;
+    - ``output_ratio``: the output layer steps at ``lr * output_ratio`` whatever
+      its fan-in (``TrainConfig.output_lr / lr``). With a zeroed output layer,
+      hidden rates growing with the width and an output rate shrinking with it
+      (and tanh, whose zero-mean outputs keep the output layer stable), networks
+      0.5M-5M wide learn in one epoch (a maximal-update parametrisation in the
+      manner of Yang & Hu 2021; see the README's "Big networks").
+
+    A ratio rather than an absolute output rate, so that whatever scales ``lr``
+    (warm-up, the synchronous variant's linear scaling) scales every layer alike.
 
     Parameters
     ----------
-    nnz, n_out : int
-        The layer's connections and neurons.
     lr_fan_in : float or None
-
-    Returns
-    -------
-    float in (0, 1]
+    output_ratio : float or None
     """
-    if lr_fan_in is None or nnz == 0:
-        return 1.0
-    return min(1.0, lr_fan_in * n_out / nnz)
+
+    lr_fan_in: float = None
+    output_ratio: float = None
+
+    def factor(self, nnz, n_out, is_output):
+        """Factor on the base rate of a layer with ``nnz`` weights into ``n_out`` neurons.
+
+        Parameters
+        ----------
+        nnz, n_out : int
+        is_output : bool
+            The network's last layer.
+
+        Returns
+        -------
+        float > 0
+        """
+        if is_output and self.output_ratio is not None:
+            return self.output_ratio
+        if self.lr_fan_in is None or nnz == 0:
+            return 1.0
+        return min(1.0, self.lr_fan_in * n_out / nnz)
+
+
+SAME_RATES = LayerRates()  # every layer at the base rate
 
 
 @dataclass

@@ -114,6 +114,9 @@ def build_parser():
     train.add_argument("--lr", type=float, help="learning rate (default 0.01; 0.02 for fashion-mnist)")
     train.add_argument("--lr-fan-in", type=float,
                        help="layers of a larger mean fan-in take steps of lr * LR_FAN_IN / fan-in (wide layers)")
+    train.add_argument("--output-lr", type=float,
+                       help="the output layer's own learning rate (default: lr); see README, Big networks")
+    train.add_argument("--zero-output", action="store_true", help="start the output layer's weights at 0")
     train.add_argument("--momentum", type=float, default=0.9)
     train.add_argument("--weight-decay", type=float,
                        help="L2 weight decay inside momentum SGD (default 2e-4; 6e-3 for madelon)")
@@ -153,7 +156,8 @@ def config_from_args(args):
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return TrainConfig(
         **values, activation=args.activation, init=args.init, zeta=args.zeta, momentum=args.momentum,
-        dropout=args.dropout, micro_batch=args.micro_batch, lr_fan_in=args.lr_fan_in, importance_pruning=args.importance_pruning,
+        dropout=args.dropout, micro_batch=args.micro_batch, lr_fan_in=args.lr_fan_in,
+        output_lr=args.output_lr, zero_output=args.zero_output, importance_pruning=args.importance_pruning,
         ip_start=args.ip_start, ip_every=args.ip_every, ip_percentile=args.ip_percentile, seed=args.seed,
         threads=args.threads or default_threads(), workers=workers, sync=args.sync, phase2_start=args.phase2_start,
     )

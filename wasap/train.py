@@ -48,7 +48,7 @@ class SequentialTrainer:
     ----------
     model : SparseMLP
     config : wasap.config.TrainConfig
-        Uses batch_size, micro_batch, lr, lr_fan_in, momentum, weight_decay, dropout, zeta, init,
+        Uses batch_size, micro_batch, lr, lr_fan_in, output_lr, momentum, weight_decay, dropout, zeta, init,
         importance_pruning, ip_start, ip_every, ip_percentile and seed.
 
     Attributes
@@ -100,7 +100,7 @@ class SequentialTrainer:
             loss, n_correct = model.train_batch(
                 x_t, target, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                 dropout=cfg.dropout, dropout_seed=stream_seed(cfg.seed, self.step), micro_batch=cfg.micro_batch,
-                lr_fan_in=cfg.lr_fan_in,
+                rates=cfg.layer_rates(),
             )
             self.step += 1
             if not math.isfinite(loss):

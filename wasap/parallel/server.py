@@ -35,7 +35,7 @@ from numba import njit
 
 from .. import topology
 from ..model import SparseLayer, SparseMLP, stream_seed
-from ..optim import MomentumSGD, layer_lr_factor, momentum_step
+from ..optim import MomentumSGD, momentum_step
 
 _KERNEL = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
@@ -144,6 +144,7 @@ class ParameterServer:
         self.optimizer = MomentumSGD(lr=config.lr * scale, momentum=config.momentum,
                                      weight_decay=config.weight_decay,
                                      warmup_steps=config.warmup_epochs * steps_per_epoch if config.sync else 0)
+        self.rates = config.layer_rates()
         self.keep_versions = keep_versions
         self.n_layers = transport.n_layers
         self.versions = [0] * self.n_layers
@@ -198,7 +199,7 @@ class ParameterServer:
         cfg = self.config
         state = self._state(layer)
         old_keys = self.history[layer].get(version)
-        lr = lr * layer_lr_factor(state["nnz"], self.transport.sizes[layer + 1], cfg.lr_fan_in)
+        lr = lr * self.rates.factor(state["nnz"], self.transport.sizes[layer + 1], layer == self.transport.n_layers - 1)
         with self.transport.lock(layer):
             held = time.perf_counter()
             if version == self.versions[layer]:

@@ -48,7 +48,7 @@ from multiprocessing.connection import wait as wait_for_connections
 import numpy as np
 
 from ..model import SparseLayer, SparseMLP
-from ..optim import layer_lr_factor, momentum_step
+from ..optim import momentum_step
 from ..profiling import time_table_shape
 from .shm import SharedBlocks, run_prefix
 
@@ -186,11 +186,11 @@ class WorkerTransport(ABC):
         """Lists ``(grads, bias_grads)`` of writable per-layer views into slot ``slot``."""
 
     @abstractmethod
-    def apply_gradient(self, slot, versions, *, lr, momentum, weight_decay, lr_fan_in):
+    def apply_gradient(self, slot, versions, *, lr, momentum, weight_decay, rates):
         """Apply slot ``slot`` to the served layers still at ``versions``, in place, under their locks.
 
         The server's rule (momentum SGD, :func:`wasap.optim.momentum_step`, each
-        layer at ``lr`` times :func:`wasap.optim.layer_lr_factor`), run by the
+        layer at ``lr`` times its :class:`wasap.optim.LayerRates` factor), run by the
         worker where it can reach the served weights, so that the server's
         core is not the one every update goes through. Returns one flag per
         layer: False where the layer's topology changed since ``versions`` (the
@@ -639,14 +639,14 @@ class SharedMemoryWorkerTransport(WorkerTransport):
         bias_grads = [b[f"bias_grad_{l}"][self.worker, slot] for l in range(self.n_layers)]
         return grads, bias_grads
 
-    def apply_gradient(self, slot, versions, *, lr, momentum, weight_decay, lr_fan_in):
+    def apply_gradient(self, slot, versions, *, lr, momentum, weight_decay, rates):
         b = self.blocks
         applied = []
         for l in range(self.n_layers):
             with self._locked_layer(l) as (version, nnz):
                 current = version == versions[l]
                 if current:
-                    layer_lr = lr * layer_lr_factor(nnz, self.sizes[l + 1], lr_fan_in)
+                    layer_lr = lr * rates.factor(nnz, self.sizes[l + 1], l == self.n_layers - 1)
                     momentum_step(b[f"data_{l}"][:nnz], b[f"grad_{l}"][self.worker, slot, :nnz],
                                   b[f"velocity_{l}"][:nnz], lr=layer_lr, momentum=momentum,
                                   weight_decay=weight_decay)

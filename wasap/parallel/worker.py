@@ -167,7 +167,7 @@ def _phase_one(transport, account, model, worker, n_workers, config):
             return  # phase one is over: this step comes too late to count
         else:
             applied = transport.apply_gradient(slot, versions, lr=config.lr, momentum=config.momentum,
-                                               weight_decay=config.weight_decay, lr_fan_in=config.lr_fan_in)
+                                               weight_decay=config.weight_decay, rates=config.layer_rates())
         transport.push_gradient(slot, versions, loss, n_correct, batch_rows.shape[0], applied)
         account.count()
         step += 1
