@@ -280,6 +280,27 @@ def test_normal_run_leaves_no_segment(tmp_path):
     assert SparseMLP.load(str(tmp_path / "run" / "model.npz")).nnz_per_layer() == model.nnz_per_layer()
 
 
+def test_self_applied_steps_reported_in_groups_are_all_counted(tmp_path):
+    # 1050 rows a partition, batch 16: the workers report their self-applied steps 4 at a time. Every
+    # step must still count: the server's updates cover the epochs' samples, the layers it did not apply
+    # itself were applied by the workers, and the run learns as well as the sequential trainer.
+    data = _blobs(n=3000)
+    config = TrainConfig(hidden=(32, 32), epsilon=4, epochs=3, batch_size=16, workers=2, seed=2, threads=1)
+    sequential = SparseMLP.from_config(data.n_features, data.n_classes, config)
+    parallel = sequential.copy()
+    expected = fit(sequential, data, config.replace(workers=1), log=None, progress=False)
+    summary = fit_parallel(parallel, data, config, out_dir=str(tmp_path / "run"), log=None)
+    assert summary["stopped"] == "completed" and summary["epochs_completed"] == 3
+    server = json.loads((tmp_path / "run" / "profile.json").read_text())["server"]
+    n_layers = len(config.hidden) + 1
+    assert server["updates"] == server["gradients"] >= 3 * data.X_train.shape[0] // 16
+    # Only steps in flight across one of the 2 evolutions (2 workers x 2 slots) can be stale.
+    assert server["stale"] <= 2 * 2 * 2
+    assert n_layers * (server["updates"] - server["stale"]) <= server["worker_applied_layers"]
+    assert server["worker_applied_layers"] <= n_layers * server["updates"]
+    assert summary["final_test_accuracy"] >= expected["final_test_accuracy"] - 0.03
+
+
 _SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np

@@ -253,8 +253,9 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
     output_lr : float or None, default=None
         The output layer's own learning rate; None: ``lr`` (times the ``lr_fan_in`` factor).
     zero_output : bool, default=False
-        Start the output layer's weights at 0. With ``output_lr``, the recipe that makes
-        networks hundreds of thousands of neurons wide learn (README, "Big networks").
+        Start the output layer's weights at 0. With ``activation="tanh"``,
+        ``init="he-uniform-sparse"`` and ``output_lr``, the recipe that makes networks
+        hundreds of thousands of neurons wide learn (README, "Big networks").
     momentum : float, default=0.9
     weight_decay : float, default=2e-4
         L2 weight decay inside momentum SGD (MLPClassifier's ``alpha``).

@@ -238,6 +238,12 @@ class ParameterServer:
         self.stats.dropped += dropped
         self.stats.apply_seconds += time.perf_counter() - started
 
+    def count_self_applied(self, steps):
+        """Count ``steps`` gradients that their workers applied to every layer themselves."""
+        self.stats.updates += steps
+        self.stats.gradients += steps
+        self.stats.worker_applied += steps * self.n_layers
+
     def apply_average(self, messages):
         """Synchronous step: average the gradients of ``messages`` (all on the current versions), apply once.
 

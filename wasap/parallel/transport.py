@@ -13,6 +13,8 @@ Messages from workers to the server (tuples, first item the kind):
 
 - ``(GRADIENT, worker, slot, versions, loss, n_correct, n_samples, applied)``: ``applied[l]`` says the
   worker already applied layer ``l``'s part to the served weights (:meth:`WorkerTransport.apply_gradient`)
+- ``(APPLIED, worker, steps, loss_sum, n_correct, n_samples)``: ``steps`` gradients that the worker applied
+  to every layer itself and whose slots it released, reported together (:meth:`WorkerTransport.report_applied`)
 - ``(REPLICA, worker, epoch, loss, n_correct, n_samples)``
 - ``(READY, worker, pid)``, ``(DONE, worker)``, ``(FAILED, worker, traceback_text)``
 
@@ -52,7 +54,7 @@ from ..optim import momentum_step
 from ..profiling import time_table_shape
 from .shm import SharedBlocks, run_prefix
 
-GRADIENT, REPLICA, READY, DONE, FAILED = range(5)
+GRADIENT, REPLICA, READY, DONE, FAILED, APPLIED = range(6)
 
 #: Command word values (WAIT: workers started but not all ready yet).
 WAIT, RUN, PHASE_TWO, STOP = 0, 1, 2, 3
@@ -201,6 +203,15 @@ class WorkerTransport(ABC):
     def push_gradient(self, slot, versions, loss, n_correct, n_samples, applied):
         """Tell the server slot ``slot`` holds a gradient computed on ``versions``, of which the layers
         flagged in ``applied`` are already applied."""
+
+    @abstractmethod
+    def release_own_slot(self):
+        """Give back the slot of a gradient this worker applied to every layer itself (no server work left)."""
+
+    @abstractmethod
+    def report_applied(self, steps, loss_sum, n_correct, n_samples):
+        """Tell the server of ``steps`` self-applied gradients at once: one message, not ``steps``, which is
+        most of what the server did per update once workers applied their own."""
 
     @abstractmethod
     def order(self, size):
@@ -659,6 +670,12 @@ class SharedMemoryWorkerTransport(WorkerTransport):
     def push_gradient(self, slot, versions, loss, n_correct, n_samples, applied):
         self.pipe.send((GRADIENT, self.worker, slot, tuple(versions), float(loss), int(n_correct), int(n_samples),
                         tuple(bool(a) for a in applied)))
+
+    def release_own_slot(self):
+        self.slot.release()
+
+    def report_applied(self, steps, loss_sum, n_correct, n_samples):
+        self.pipe.send((APPLIED, self.worker, int(steps), float(loss_sum), int(n_correct), int(n_samples)))
 
     def order(self, size):
         return self.blocks["orders"][self.worker, :size].copy()

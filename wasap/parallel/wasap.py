@@ -67,7 +67,7 @@ from ..profiling import CpuSampler, build_profile, format_profile_table, write_p
 from ..records import RunRecorder
 from ..train import TrainingDiverged
 from .server import ParameterServer, averaged_model
-from .transport import (FAILED, GRADIENT, PHASE_TWO, READY, REPLICA, RUN, STOP, SharedMemoryTransport,
+from .transport import (APPLIED, FAILED, GRADIENT, PHASE_TWO, READY, REPLICA, RUN, STOP, SharedMemoryTransport,
                         WorkerFailed)
 from .worker import worker_main
 
@@ -343,15 +343,23 @@ class _ParallelRun:
         idle_before = transport.idle_seconds
         while epoch <= self.phase1_epochs:
             message = self._receive()
-            if message is None or message[0] != GRADIENT:
+            if message is None or message[0] not in (GRADIENT, APPLIED):
                 continue
-            _, w, slot, versions, loss, n_correct, n, applied = message
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"the loss became {loss} in epoch {epoch}")
-            loss_sum += loss * n
+            if message[0] == APPLIED:  # a group of gradients their workers applied to every layer
+                _, w, steps, batch_loss_sum, n_correct, n = message
+            else:
+                _, w, slot, versions, loss, n_correct, n, applied = message
+                batch_loss_sum = loss * n
+            if not math.isfinite(batch_loss_sum):
+                raise TrainingDiverged(f"the loss became {batch_loss_sum / n} in epoch {epoch}")
+            loss_sum += batch_loss_sum
             correct += n_correct
             seen += n
-            if cfg.sync:
+            if message[0] == APPLIED:
+                server.count_self_applied(steps)
+                released = []
+                total += n
+            elif cfg.sync:
                 waiting[w] = (w, slot, versions, n)
                 if len(waiting) < K:
                     continue

@@ -14,9 +14,12 @@ Phase one (Algorithm 1, lines 2-10), one step:
    (:meth:`~.transport.WorkerTransport.apply_gradient`): every update through
    the server's one core would cap phase one at about a dozen workers, and on
    two cores the server's share alone kept each worker below 90% busy;
-5. push ``(worker, slot, versions, loss, ..., applied)``: the server remaps and
-   applies the layers the worker could not (a topology changed in between),
-   counts the update and, once per epoch's worth of samples, evolves.
+5. when every layer was applied, give the slot back at once and report the
+   step to the server with up to 7 others in one message (``APPLIED``: the
+   server only counts them); otherwise push ``(worker, slot, versions, loss,
+   ..., applied)``: the server remaps and applies the layers the worker could
+   not (a topology changed in between). The server counts the updates and,
+   once per epoch's worth of samples, evolves.
 
 The worker walks its partition (rows ``w, w + K, w + 2K, ...`` of the training
 data, one contiguous block of the shared copy, never copied again) in a fresh
@@ -132,6 +135,11 @@ def _phase_one(transport, account, model, worker, n_workers, config):
     rng = np.random.default_rng(stream_seed(config.seed, 0x5E7, 1 + worker))
     versions = [-1] * len(model.layers)  # forces the first pull to take the structure
     n_slots = transport.slot_count
+    # Self-applied gradients are reported in groups of up to 8 (one server wake-up instead of 8), but
+    # never more than 1/16 of the partition, so that the server's epoch count lags by at most 1/16 of
+    # an epoch whatever K.
+    report_every = max(1, min(8, n_rows // (16 * config.batch_size)))
+    pending = _PendingReport()
     step = 0
     position = n_rows  # start with a fresh order
     order = None
@@ -168,10 +176,36 @@ def _phase_one(transport, account, model, worker, n_workers, config):
         else:
             applied = transport.apply_gradient(slot, versions, lr=config.lr, momentum=config.momentum,
                                                weight_decay=config.weight_decay, rates=config.layer_rates())
-        transport.push_gradient(slot, versions, loss, n_correct, batch_rows.shape[0], applied)
+        if all(applied):
+            transport.release_own_slot()
+            pending.add(loss, n_correct, batch_rows.shape[0])
+            if pending.steps >= report_every:
+                pending.flush(transport)
+        else:
+            pending.flush(transport)
+            transport.push_gradient(slot, versions, loss, n_correct, batch_rows.shape[0], applied)
         account.count()
         step += 1
         account.charge("other")
+
+
+class _PendingReport:
+    """Self-applied gradients not yet reported to the server: their count, summed loss and samples."""
+
+    def __init__(self):
+        self.steps = self.n_correct = self.n_samples = 0
+        self.loss_sum = 0.0
+
+    def add(self, loss, n_correct, n_samples):
+        self.steps += 1
+        self.loss_sum += loss * n_samples
+        self.n_correct += n_correct
+        self.n_samples += n_samples
+
+    def flush(self, transport):
+        if self.steps:
+            transport.report_applied(self.steps, self.loss_sum, self.n_correct, self.n_samples)
+            self.__init__()
 
 
 def _phase_two(transport, account, worker, n_workers, config, first_epoch):
