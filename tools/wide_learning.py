@@ -1,10 +1,10 @@
 """Does a wide sparse network learn the Table 5 data in one epoch? A small, fast stand-in for the big rows.
 
-Trains ``65536-W-W-2`` (epsilon 10) for one pass over the 7000 training rows of the scale test's data
-(make_classification, 10000 x 65536, 2 informative features, standardised, 70/30) and prints the test
-loss and accuracy before and after, and the mean training loss of the first and last quarter of the
-pass. Every batch is new to the network, so a falling training loss here is generalisation, not
-memorisation.
+Trains ``65536-W-W-2`` (epsilon 10; ``--depth`` hidden layers of W) for one pass over the 7000 training rows
+of the scale test's data (make_classification, 10000 x 65536, 2 informative features, standardised, 70/30)
+and prints the test loss and accuracy before and after, and the mean training loss of the first and last
+quarter of the pass. Every batch is new to the network, so a falling training loss here is generalisation,
+not memorisation.
 
 The knobs are the ones that decide whether a network this wide learns at all: the hidden activation
 (``--activation tanh``: zero-mean outputs, so the output layer has no huge common mode), the initial values
@@ -49,6 +49,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=50000, help="neurons of each hidden layer [%(default)s]")
+    parser.add_argument("--depth", type=int, default=2, help="hidden layers of W neurons [%(default)s]")
     parser.add_argument("--epsilon", type=float, default=10.0, help="[%(default)s]")
     parser.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, default="all-relu", help="[%(default)s]")
     parser.add_argument("--init", choices=INIT_SCHEMES, default="he-uniform", help="[%(default)s]")
@@ -122,7 +123,7 @@ def main(argv=None):
           f"{args.informative} informative ({time.perf_counter() - started:.0f} s)")
     if args.baseline:
         logistic_baseline(X_train, y_train, X_test, y_test, args.seed)
-    sizes = (X_train.shape[1], args.width, args.width, 2)
+    sizes = (X_train.shape[1],) + (args.width,) * args.depth + (2,)
     model = SparseMLP.random(sizes, epsilon=args.epsilon, activation=args.activation, init=args.init, seed=args.seed,
                              warn=False,
                              zero_output=args.zero_output)
