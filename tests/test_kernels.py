@@ -91,7 +91,7 @@ def _inputs(n, batch, rng):
 
 
 @pytest.mark.parametrize("mask_name", sorted(MASKS))
-@pytest.mark.parametrize("batch", [1, 5, 8])
+@pytest.mark.parametrize("batch", [1, 5, 8, 37, 128])
 @pytest.mark.parametrize("name,act,slope,f,fprime", ACTS, ids=[a[0] for a in ACTS])
 def test_forward_matches_dense(mask_name, batch, name, act, slope, f, fprime):
     rng = np.random.default_rng(7)
@@ -101,6 +101,42 @@ def test_forward_matches_dense(mask_name, batch, name, act, slope, f, fprime):
     z = dense.astype(np.float64).T @ a_prev.astype(np.float64) + layer.bias.astype(np.float64)[:, None]
     np.testing.assert_allclose(a_out, f(z), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(deriv, fprime(z), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,act,slope,f,fprime", ACTS, ids=[a[0] for a in ACTS])
+def test_a_sample_gets_the_same_bits_in_any_batch_position(name, act, slope, f, fprime):
+    # Register blocks of 128/64/32/16 entries and the scalar tail must compute the same function:
+    # a sample alone (batch 1: scalar code) gives exactly what it gives inside a batch of 128 or 37.
+    rng = np.random.default_rng(11)
+    layer, _ = _layer_from_mask(MASKS["one-to-nine"], rng)
+    a_prev = _inputs(layer.n_in, 128, rng)
+    whole, whole_deriv = _forward(layer, a_prev, act, slope)
+    part, part_deriv = _forward(layer, np.ascontiguousarray(a_prev[:, :37]), act, slope)
+    np.testing.assert_array_equal(part, whole[:, :37])
+    np.testing.assert_array_equal(part_deriv, whole_deriv[:, :37])
+    for b in (0, 36, 100, 127):
+        alone, alone_deriv = _forward(layer, np.ascontiguousarray(a_prev[:, b:b + 1]), act, slope)
+        np.testing.assert_array_equal(alone[:, 0], whole[:, b])
+        np.testing.assert_array_equal(alone_deriv[:, 0], whole_deriv[:, b])
+
+
+@pytest.mark.parametrize("name,act,slope,f,fprime", ACTS, ids=[a[0] for a in ACTS])
+@pytest.mark.parametrize("batch", [37, 128])
+def test_dropout_scales_value_and_derivative_by_one_mask(name, act, slope, f, fprime, batch):
+    # Register blocks and the scalar tail (batch 37 = 32 + 5) drop the same units from the output and
+    # from the derivative, and scale the kept ones by 1 / keep.
+    rng = np.random.default_rng(12)
+    layer, _ = _layer_from_mask(MASKS["random"], rng)
+    a_prev = _inputs(layer.n_in, batch, rng)
+    plain, plain_deriv = _forward(layer, a_prev, act, slope)
+    dropped, dropped_deriv = _forward(layer, a_prev, act, slope, keep_threshold=FULL // 2, keep_scale=2.0, seed=5)
+    informative = plain_deriv != 0  # ReLU's derivative is 0 on its flat side, dropped or not
+    kept = informative & (dropped_deriv != 0)
+    assert 0.3 < kept.sum() / informative.sum() < 0.7
+    np.testing.assert_array_equal(dropped[informative & ~kept], 0.0)
+    np.testing.assert_array_equal(dropped_deriv[~kept], 0.0)
+    np.testing.assert_allclose(dropped[kept], 2.0 * plain[kept], rtol=1e-6)
+    np.testing.assert_allclose(dropped_deriv[kept], 2.0 * plain_deriv[kept], rtol=1e-6)
 
 
 def test_forward_empty_column_is_activation_of_bias():

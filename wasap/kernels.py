@@ -30,7 +30,7 @@ Activation codes (``act``) used by the kernels:
 - ``ACT_PIECEWISE``: ``f(z) = z`` for ``z > 0`` and ``slope * z`` otherwise;
   identity (slope 1), ReLU (0), leaky ReLU and All-ReLU (+-alpha) are all this.
 - ``ACT_SIGMOID``: ``f(z) = 1 / (1 + exp(-z))``.
-- ``ACT_TANH``: ``f(z) = tanh(z)`` (:func:`_tanh32`, vectorised, within 4e-7).
+- ``ACT_TANH``: ``f(z) = tanh(z)`` (:func:`_tanh_ir`: in registers, within 4e-7).
 """
 
 import os
@@ -400,8 +400,20 @@ def _fwd_store(proto, j, c, z, act, slope, a_out, deriv_out, need_deriv, use_dro
         elif use_dropout:
             out = vmul(out, vdropout(proto, seed, j * groups + c // 4, keep_threshold, keep_scale))
         vstore(a_out, j, c, out)
+    elif act == ACT_TANH:
+        out = strict_tanh(z)
+        if need_deriv:
+            d = strict_tanh_deriv(out)
+            if use_dropout:
+                f = vdropout(proto, seed, j * groups + c // 4, keep_threshold, keep_scale)
+                out = vmul(out, f)
+                d = vmul(d, f)
+            vstore(deriv_out, j, c, d)
+        elif use_dropout:
+            out = vmul(out, vdropout(proto, seed, j * groups + c // 4, keep_threshold, keep_scale))
+        vstore(a_out, j, c, out)
     else:
-        # sigmoid / tanh: finished by scalar code over the whole row.
+        # sigmoid: finished by scalar code over the whole row.
         vstore(a_out, j, c, z)
 
 
@@ -421,30 +433,109 @@ def _fwd_block1(proto, j, c, start, stop, col_rows, col_perm, data, b0, a_prev, 
                keep_scale, seed, groups)
 
 
-@njit(inline="always")
-def _tanh32(x):
-    """tanh of a float32 from multiply-adds and one division, within 4e-7 of the exact value.
+def _float_constant(ty, value):
+    """``value`` as a float32 constant of type ``ty`` (a float or a vector of floats)."""
+    if isinstance(ty, ir.VectorType):
+        return ir.Constant(ty, [value] * ty.count)
+    return ir.Constant(ty, value)
 
-    ``np.tanh`` in a kernel is a libm call per element (about 25 ns here), which a
-    5M-wide layer pays 640M times a batch; this form vectorises (under 1 ns).
-    With ``a = min(|x|, 9)`` (tanh(9) rounds to 1 in float32) and ``z = -2a / 32``,
-    ``m = expm1(z)`` by its Taylor series to ``z**9`` (error below 3e-9 for
-    ``|z| <= 0.5625``), doubled five times with ``expm1(2z) = m (m + 2)``, which
-    keeps the relative accuracy near 0, gives ``expm1(-2a)``; then
-    ``tanh(a) = -expm1(-2a) / (2 + expm1(-2a))`` and the sign of ``x``.
+
+def _float_intrinsic(builder, name, *args):
+    """Call LLVM's ``llvm.<name>`` overloaded on the type of ``args[0]`` (``f32`` or ``v<n>f32``)."""
+    ty = args[0].type
+    suffix = f"v{ty.count}f32" if isinstance(ty, ir.VectorType) else "f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty] * len(args)),
+                                        f"llvm.{name}.{suffix}")
+    return builder.call(fn, list(args))
+
+
+#: Coefficients of expm1's Taylor series, 1/9! first (Horner's order).
+_EXPM1_COEFFICIENTS = (1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0,
+                       1.0 / 6.0, 0.5, 1.0)
+
+
+def _tanh_ir(builder, x):
+    """tanh of a float32 or of every lane of a float32 vector, within 4e-7 of the exact value.
+
+    A libm call per element (``np.tanh`` in a kernel, about 25 ns here) would cost a 5M-wide
+    layer 640M calls a batch; this is multiply-adds and one division, so it runs on whole
+    register blocks. With ``a = min(|x|, 9)`` (tanh(9) rounds to 1 in float32) and
+    ``z = -2a / 32``, ``m = expm1(z)`` by its Taylor series to ``z**9`` (error below 3e-9 for
+    ``|z| <= 0.5625``), doubled five times with ``expm1(2z) = m (m + 2)``, which keeps the
+    relative accuracy near 0, gives ``expm1(-2a)``; then
+    ``tanh(a) = -expm1(-2a) / (2 + expm1(-2a))`` with the sign of ``x``. Every operation is
+    plain float32 with explicit fused multiply-adds: compiled without fast-math
+    (:func:`strict_tanh`), a lane of a vector and the scalar tail give the same bits. NaN
+    stays NaN.
     """
-    a = min(np.abs(x), np.float32(9.0))
-    z = a * np.float32(-2.0 / 32.0)
-    m = np.float32(1.0 / 362880.0)
-    for inverse_factorial in (1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0,
-                              0.5, 1.0):
-        m = m * z + np.float32(inverse_factorial)
-    m = m * z
-    two = np.float32(2.0)
+    ty = x.type
+    c = lambda value: _float_constant(ty, value)
+    a = _float_intrinsic(builder, "fabs", x)
+    a = builder.select(builder.fcmp_ordered(">", a, c(9.0)), c(9.0), a)
+    z = builder.fmul(a, c(-2.0 / 32.0))
+    m = c(_EXPM1_COEFFICIENTS[0])
+    for coefficient in _EXPM1_COEFFICIENTS[1:]:
+        m = _float_intrinsic(builder, "fma", m, z, c(coefficient))
+    m = builder.fmul(m, z)
     for _ in range(5):
-        m = m * (m + two)
-    t = min(-m / (m + two), np.float32(1.0))  # the division may round one ulp above 1
-    return t if x >= 0 else -t
+        m = builder.fmul(m, builder.fadd(m, c(2.0)))
+    t = builder.fdiv(builder.fneg(m), builder.fadd(m, c(2.0)))
+    t = builder.select(builder.fcmp_ordered(">", t, c(1.0)), c(1.0), t)  # the division may round one ulp above 1
+    return _float_intrinsic(builder, "copysign", t, x)
+
+
+def _tanh_deriv_ir(builder, t):
+    """``1 - t * t``, the derivative of tanh from its value (plain IEEE, as :func:`_tanh_ir`)."""
+    return builder.fsub(_float_constant(t.type, 1.0), builder.fmul(t, t))
+
+
+def _float_signature(x):
+    """The float32 type a tanh intrinsic returns for ``x``: ``x`` itself for vectors, float32 for scalars."""
+    if isinstance(x, F32Vec):
+        return x
+    return types.float32 if isinstance(x, types.Float) else None
+
+
+@intrinsic
+def _tanh_intrinsic(typingctx, x):
+    result = _float_signature(x)
+    if result is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = args[0] if isinstance(x, F32Vec) else context.cast(builder, args[0], sig.args[0], types.float32)
+        return _tanh_ir(builder, value)
+    return result(x), codegen
+
+
+@intrinsic
+def _tanh_deriv_intrinsic(typingctx, t):
+    result = _float_signature(t)
+    if result is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = args[0] if isinstance(t, F32Vec) else context.cast(builder, args[0], sig.args[0], types.float32)
+        return _tanh_deriv_ir(builder, value)
+    return result(t), codegen
+
+
+# numba's fast-math pass flags every floating-point instruction of a fastmath function, and LLVM
+# then rewrites a register block's tanh and the scalar tail's differently (1 ulp apart in 20% of
+# the values). Compiled without fast-math, both are exact IEEE arithmetic, give a sample the same
+# bits in any batch position, and are inlined into the kernels all the same.
+
+
+@njit(fastmath=False, cache=True, error_model="numpy")
+def strict_tanh(x):
+    """tanh of a float32 or of a register block (:func:`_tanh_ir`), in exact IEEE arithmetic."""
+    return _tanh_intrinsic(x)
+
+
+@njit(fastmath=False, cache=True, error_model="numpy")
+def strict_tanh_deriv(t):
+    """``1 - t * t`` of a float32 or of a register block, in exact IEEE arithmetic."""
+    return _tanh_deriv_intrinsic(t)
 
 
 @njit(inline="always")
@@ -513,7 +604,7 @@ def forward_layer(col_indptr, col_rows, col_perm, data, bias, a_prev, act, slope
     p64 = vzeros64()
     p32 = vzeros32()
     p16 = vzeros16()
-    if batch == 128 and act == ACT_PIECEWISE:
+    if batch == 128 and act != ACT_SIGMOID:
         # The training batch: one register block per neuron and nothing else in
         # the loop (measured 10% faster than the general blocking below).
         for j in prange(n_out):
@@ -565,23 +656,26 @@ def forward_layer(col_indptr, col_rows, col_perm, data, bias, a_prev, act, slope
                             d[b] = slope32
                 if use_dropout:
                     _dropout_range(out, d, need_deriv, j, c, batch, groups, keep_threshold, scale32, dropout_seed)
+            elif act == ACT_TANH:
+                d = deriv_out[j] if need_deriv else out
+                for b in range(c, batch):
+                    t = strict_tanh(out[b])
+                    out[b] = t
+                    if need_deriv:
+                        d[b] = strict_tanh_deriv(t)
+                if use_dropout:
+                    _dropout_range(out, d, need_deriv, j, c, batch, groups, keep_threshold, scale32, dropout_seed)
         if act == ACT_SIGMOID:
+            # The register blocks stored z: sigmoid is finished over the whole row here.
             for b in range(batch):
                 out[b] = 1.0 / (1.0 + np.exp(-out[b]))
             if need_deriv:
                 d = deriv_out[j]
                 for b in range(batch):
                     d[b] = out[b] * (1.0 - out[b])
-        elif act == ACT_TANH:
-            for b in range(batch):
-                out[b] = _tanh32(out[b])
-            if need_deriv:
-                d = deriv_out[j]
-                for b in range(batch):
-                    d[b] = 1.0 - out[b] * out[b]
-        if act != ACT_PIECEWISE and use_dropout:
-            _dropout_range(out, deriv_out[j] if need_deriv else out, need_deriv, j, 0, batch, groups,
-                           keep_threshold, scale32, dropout_seed)
+            if use_dropout:
+                _dropout_range(out, deriv_out[j] if need_deriv else out, need_deriv, j, 0, batch, groups,
+                               keep_threshold, scale32, dropout_seed)
 
 
 # -- backward --------------------------------------------------------------------------------------
