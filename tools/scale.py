@@ -71,10 +71,11 @@ BATCH_SIZE = 128
 HYPER = dict(dropout=0.4, lr=0.01, momentum=0.9)  # the paper's Table 5 settings
 PAPER_WEIGHT_DECAY = 2e-4  # wasap's default, the paper code's
 #: ``--recipe width-aware``: with ``n`` inputs an output neuron, hidden layers step at ``LR_PER_INPUT * n``
-#: and the output layer, zeroed at the start, at ``OUTPUT_LR_TIMES_INPUTS / n`` (the rates that made
-#: 65536-W-W-2 learn in one epoch at W = 50000 and 500000 in tools/wide_learning.py).
+#: and the output layer, zeroed at the start, at ``OUTPUT_LR_TIMES_INPUTS / n``, without dropout: what made
+#: 65536-W-W-2 (W = 50000, 500000) and its ten-layer stand-in 65536-W x10-2 learn in one epoch in
+#: tools/wide_learning.py (ten layers want 25-50 / n, two 75 / n; dropout left ten layers at chance).
 LR_PER_INPUT = 6e-5
-OUTPUT_LR_TIMES_INPUTS = 75.0
+OUTPUT_LR_TIMES_INPUTS = 50.0
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 WIDE_THREADS = (1, 2)
 #: Python, numpy, numba and the compiled kernels, before any model exists (measured about 0.25 GB).
@@ -158,8 +159,9 @@ def training_hyper(row, args):
     the hidden layers, initialised for the fan-in a neuron has, at ``LR_PER_INPUT * n``, where ``n`` is
     an output neuron's mean fan-in: a hidden weight's gradient goes through the output weights, which
     stay of order ``1 / n``, so hidden steps of order ``n`` are what moves the features (a maximal-update
-    parametrisation in the manner of Yang & Hu 2021). Weight decay keeps the paper's shrink per step,
-    ``0.01 * 2e-4``, whatever the rate. ``--dropout`` overrides either's dropout.
+    parametrisation in the manner of Yang & Hu 2021), and no dropout (with two inputs a neuron, as in the
+    ten-layer row, ten layers of dropout cut the paths from the input). Weight decay keeps the paper's
+    shrink per step, ``0.01 * 2e-4``, whatever the rate. ``--dropout`` overrides either's dropout.
     """
     if args.recipe == "paper":
         hyper = dict(init=args.init, lr_fan_in=args.lr_fan_in, **HYPER)
@@ -167,7 +169,7 @@ def training_hyper(row, args):
         inputs = row_nnz(row)[-1] / row.sizes[-1]
         lr = LR_PER_INPUT * inputs
         hyper = dict(activation="tanh", init="he-uniform-sparse", zero_output=True, lr=lr, output_lr=OUTPUT_LR_TIMES_INPUTS / inputs,
-                     momentum=HYPER["momentum"], dropout=HYPER["dropout"],
+                     momentum=HYPER["momentum"], dropout=0.0,
                      weight_decay=PAPER_WEIGHT_DECAY * HYPER["lr"] / lr)
     if args.dropout is not None:
         hyper["dropout"] = args.dropout
@@ -744,7 +746,8 @@ def parse_args(argv=None):
                         help="the learning rates and initial values: the paper's Table 5 settings, or rates "
                              "scaled with the output layer's fan-in (see training_hyper) [%(default)s]")
     parser.add_argument("--dropout", type=float, default=None,
-                        help=f"hidden dropout (default: {HYPER['dropout']}, the paper's)")
+                        help=f"hidden dropout (default: {HYPER['dropout']} under --recipe paper, as the paper; "
+                             "0 under width-aware)")
     parser.add_argument("--lr-fan-in", type=float, default=None,
                         help="layers of a larger mean fan-in take steps of lr * LR_FAN_IN / fan-in "
                              "(wasap.optim.LayerRates); default: lr everywhere, as the paper")

@@ -22,6 +22,11 @@ Usage::
     python tools/wide_learning.py --width 500000 --activation tanh --init he-uniform-sparse --zero-output \
         --lr 30 --output-lr 1.5e-4
     python tools/wide_learning.py --baseline
+    python tools/wide_learning.py --width 500000 --depth 10 --epsilon 1 --activation tanh \
+        --init he-uniform-sparse --zero-output --lr 15 --output-lr 2e-4 --cache /tmp/wide_data.npz
+
+The last is a stand-in for the paper's ten-layer 50M-neuron network (65536-5M x10-2, epsilon 1): the
+same fan-in in every hidden layer (two), a tenth of the width.
 """
 
 import argparse
