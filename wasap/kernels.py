@@ -388,33 +388,22 @@ def vprefetch_row(typingctx, arr, row, nbytes):
 def _fwd_store(proto, j, c, z, act, slope, a_out, deriv_out, need_deriv, use_dropout, keep_threshold, keep_scale,
                seed, groups):
     """Activation, derivative and dropout of a register block of ``z``, then one store each."""
+    if act == ACT_SIGMOID:
+        vstore(a_out, j, c, z)  # finished by scalar code over the whole row
+        return
     if act == ACT_PIECEWISE:
         out = vpiecewise(z, slope)
-        if need_deriv:
-            d = vpiecewise_deriv(z, slope)
-            if use_dropout:
-                f = vdropout(proto, seed, j * groups + c // 4, keep_threshold, keep_scale)
-                out = vmul(out, f)
-                d = vmul(d, f)
-            vstore(deriv_out, j, c, d)
-        elif use_dropout:
-            out = vmul(out, vdropout(proto, seed, j * groups + c // 4, keep_threshold, keep_scale))
-        vstore(a_out, j, c, out)
-    elif act == ACT_TANH:
-        out = strict_tanh(z)
-        if need_deriv:
-            d = strict_tanh_deriv(out)
-            if use_dropout:
-                f = vdropout(proto, seed, j * groups + c // 4, keep_threshold, keep_scale)
-                out = vmul(out, f)
-                d = vmul(d, f)
-            vstore(deriv_out, j, c, d)
-        elif use_dropout:
-            out = vmul(out, vdropout(proto, seed, j * groups + c // 4, keep_threshold, keep_scale))
-        vstore(a_out, j, c, out)
+        d = vpiecewise_deriv(z, slope) if need_deriv else out
     else:
-        # sigmoid: finished by scalar code over the whole row.
-        vstore(a_out, j, c, z)
+        out = strict_tanh(z)
+        d = strict_tanh_deriv(out) if need_deriv else out
+    if use_dropout:
+        f = vdropout(proto, seed, j * groups + c // 4, keep_threshold, keep_scale)
+        out = vmul(out, f)
+        d = vmul(d, f)
+    if need_deriv:
+        vstore(deriv_out, j, c, d)
+    vstore(a_out, j, c, out)
 
 
 @njit(inline="always")
@@ -489,35 +478,27 @@ def _tanh_deriv_ir(builder, t):
     return builder.fsub(_float_constant(t.type, 1.0), builder.fmul(t, t))
 
 
-def _float_signature(x):
-    """The float32 type a tanh intrinsic returns for ``x``: ``x`` itself for vectors, float32 for scalars."""
-    if isinstance(x, F32Vec):
-        return x
-    return types.float32 if isinstance(x, types.Float) else None
+def _make_float_intrinsic(build_ir, doc):
+    """An intrinsic applying ``build_ir(builder, value)`` to a float32 or to a register block."""
+    @intrinsic
+    def apply(typingctx, x):
+        if isinstance(x, F32Vec):
+            result = x
+        elif isinstance(x, types.Float):
+            result = types.float32
+        else:
+            return None
+
+        def codegen(context, builder, sig, args):
+            value = args[0] if isinstance(x, F32Vec) else context.cast(builder, args[0], sig.args[0], types.float32)
+            return build_ir(builder, value)
+        return result(x), codegen
+    apply.__doc__ = doc
+    return apply
 
 
-@intrinsic
-def _tanh_intrinsic(typingctx, x):
-    result = _float_signature(x)
-    if result is None:
-        return None
-
-    def codegen(context, builder, sig, args):
-        value = args[0] if isinstance(x, F32Vec) else context.cast(builder, args[0], sig.args[0], types.float32)
-        return _tanh_ir(builder, value)
-    return result(x), codegen
-
-
-@intrinsic
-def _tanh_deriv_intrinsic(typingctx, t):
-    result = _float_signature(t)
-    if result is None:
-        return None
-
-    def codegen(context, builder, sig, args):
-        value = args[0] if isinstance(t, F32Vec) else context.cast(builder, args[0], sig.args[0], types.float32)
-        return _tanh_deriv_ir(builder, value)
-    return result(t), codegen
+_tanh_intrinsic = _make_float_intrinsic(_tanh_ir, "tanh (:func:`_tanh_ir`).")
+_tanh_deriv_intrinsic = _make_float_intrinsic(_tanh_deriv_ir, "``1 - t * t``.")
 
 
 # numba's fast-math pass flags every floating-point instruction of a fastmath function, and LLVM
