@@ -363,8 +363,10 @@ class _ParallelRun:
                 waiting[w] = (w, slot, versions, n)
                 if len(waiting) < K:
                     continue
-                server.apply_average(list(waiting.values()))
-                released = list(waiting)
+                # In worker order, not arrival order: the average's sum and the server's draws of the
+                # next orders (below) then do not depend on timing, and a run repeats exactly.
+                released = sorted(waiting)
+                server.apply_average([waiting[worker] for worker in released])
                 for worker, *_, count in waiting.values():
                     consumed[worker] += count
                 total += sum(m[3] for m in waiting.values())
