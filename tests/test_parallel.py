@@ -308,8 +308,12 @@ def test_self_applied_steps_reported_in_groups_are_all_counted(tmp_path):
     expected = fit(sequential, data, config.replace(workers=1), log=None, progress=False)
     summary = fit_parallel(parallel, data, config, out_dir=str(tmp_path / "run"), log=None)
     assert summary["stopped"] == "completed" and summary["epochs_completed"] == 3
-    server = json.loads((tmp_path / "run" / "profile.json").read_text())["server"]
+    profile = json.loads((tmp_path / "run" / "profile.json").read_text())
+    server = profile["server"]
     n_layers = len(config.hidden) + 1
+    for w in range(2):  # each worker held the layers' locks to pull and to apply, for part of its time
+        phase1 = profile["time_breakdown"][f"worker {w}"]["phase1"]
+        assert 0 < phase1["lock_held"] < phase1["wall"]
     assert server["updates"] == server["gradients"] >= 3 * data.X_train.shape[0] // 16
     # Only steps in flight across one of the 2 evolutions (2 workers x 2 slots) can be stale.
     assert server["stale"] <= 2 * 2 * 2

@@ -178,12 +178,23 @@ def main(argv=None):
           f"{server.get('worker_applied_layers', 0)}, stale updates {server['stale']}, dropped {server['dropped']}")
     workers_per_server = step_cpu / update_cpu
     print(f"  one server core keeps up with ~{workers_per_server:.0f} workers that each have a core")
+    # A worker holds each layer's lock to pull the layer and to apply its step to it, for a time about
+    # proportional to the layer's weights; the largest layer's lock is the first that K workers fill.
+    nnz = results["WASAP, 2 worker(s)"][1]["nnz_end"]
+    step_wall = float(np.mean([row["wall"] / max(1, row["count"]) for row in rows]))
+    held = float(np.mean([row["lock_held"] / max(1, row["count"]) for row in rows]))
+    held_largest = held * max(nnz) / sum(nnz)
+    workers_per_lock = step_wall / held_largest
+    print(f"  locks: a worker holds the layers' locks {micro(held)} per step of {1e3 * step_wall:.2f} ms (wall), "
+          f"the largest layer's ({max(nnz)} of {sum(nnz)} weights) about {micro(held_largest)}: that lock is "
+          f"busy all the time from ~{workers_per_lock:.0f} workers on, and half the time at "
+          f"~{workers_per_lock / 2:.0f}, when waits for it start to grow")
     for cores in (16, 64):
         k = cores - 1
-        bound = min(k, workers_per_server)
-        print(f"  {cores} cores ({k} workers + the server): "
-              f"{'worker-bound' if k <= workers_per_server else 'server-bound'}; phase one at most ~{bound:.0f}x "
-              f"one worker (before memory bandwidth and lock contention, which grow with K)")
+        limits = {"worker-bound": k, "server-bound": workers_per_server, "lock-bound": workers_per_lock}
+        kind = min(limits, key=limits.get)
+        print(f"  {cores} cores ({k} workers + the server): {kind}; phase one at most ~{limits[kind]:.0f}x "
+              f"one worker (before memory bandwidth, which grows with K)")
     print(f"\nload average after: {os.getloadavg()}; outputs in {out_root}")
 
 

@@ -29,9 +29,11 @@ CATEGORIES = ("compute", "lock_wait", "slot_wait", "data", "other")
 PHASES = ("phase1", "phase2")
 #: Table columns: wall seconds per category, then CPU seconds of the process per category (what the
 #: worker got of a core while in it: on a busy machine wall time includes waiting for the CPU), then
-#: the count of gradients (phase 1) or local epochs (phase 2).
-TABLE_COLUMNS = 2 * len(CATEGORIES) + 1
+#: the wall seconds spent holding a layer's lock (part of the categories' time, not one of them: the
+#: time other workers may have to wait), then the count of gradients (phase 1) or local epochs (phase 2).
+TABLE_COLUMNS = 2 * len(CATEGORIES) + 2
 _CPU = len(CATEGORIES)
+_LOCK_HELD = 2 * len(CATEGORIES)
 
 
 def time_table_shape(n_workers):
@@ -44,7 +46,7 @@ class TimeAccount:
 
     Parameters
     ----------
-    table : (phases, categories + 1) float64
+    table : (phases, TABLE_COLUMNS) float64
         This worker's row of the shared table (written in place).
 
     Examples
@@ -79,6 +81,10 @@ class TimeAccount:
     def count(self, n=1):
         """Count gradients (phase one) or local epochs (phase two)."""
         self.table[self.phase, -1] += n
+
+    def held_lock(self, seconds):
+        """Add ``seconds`` during which this worker held a layer's lock."""
+        self.table[self.phase, _LOCK_HELD] += seconds
 
 
 class CpuSampler:
@@ -159,15 +165,16 @@ def worker_breakdown(table):
 
     Parameters
     ----------
-    table : (phases, categories + 1) float64
+    table : (phases, TABLE_COLUMNS) float64
 
     Returns
     -------
     dict
         ``{"phase1": {"compute": s, ..., "wall": s, "cpu": {"compute": s, ...}, "cpu_total": s,
-        "count": n, "busy_fraction": f, "cpu_share": f}, "phase2": {...}}``: ``busy_fraction`` is the
-        share of the wall time spent computing, ``cpu_share`` the CPU time the process got over its wall
-        time (below 1 when other processes compete for the cores).
+        "count": n, "lock_held": s, "busy_fraction": f, "cpu_share": f}, "phase2": {...}}``:
+        ``busy_fraction`` is the share of the wall time spent computing, ``cpu_share`` the CPU time the
+        process got over its wall time (below 1 when other processes compete for the cores), ``lock_held``
+        the wall time it held layer locks (within the categories' time).
     """
     out = {}
     for p, phase in enumerate(PHASES):
@@ -177,6 +184,7 @@ def worker_breakdown(table):
         row["cpu"] = {name: float(table[p, _CPU + i]) for i, name in enumerate(CATEGORIES)}
         row["cpu_total"] = float(sum(row["cpu"].values()))
         row["count"] = int(table[p, -1])
+        row["lock_held"] = float(table[p, _LOCK_HELD])
         row["busy_fraction"] = row["compute"] / wall if wall > 0 else None
         row["cpu_share"] = row["cpu_total"] / wall if wall > 0 else None
         out[phase] = row
@@ -189,7 +197,7 @@ def build_profile(sampler, tables, *, extra=None):
     Parameters
     ----------
     sampler : CpuSampler or None
-    tables : (workers, phases, categories + 1) float64
+    tables : (workers, phases, TABLE_COLUMNS) float64
         Every worker's time accounts.
     extra : dict, optional
         Server and run facts (updates per second, lock hold times, shared bytes...).

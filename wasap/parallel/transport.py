@@ -592,7 +592,8 @@ class SharedMemoryWorkerTransport(WorkerTransport):
 
     def _charge(self, category):
         if self.account is not None:
-            self.account.charge(category)
+            return self.account.charge(category)
+        return time.perf_counter()
 
     def partition(self):
         """Views ``(X (n_w, n_features), y (n_w,) or (n_w, n_outputs))`` of this worker's rows of the shared
@@ -618,11 +619,14 @@ class SharedMemoryWorkerTransport(WorkerTransport):
         """Hold ``layer``'s lock (the wait charged as lock_wait); yields its ``(version, nnz)``."""
         self._charge("other")
         self.locks[layer].acquire()
-        self._charge("lock_wait")
+        acquired = self._charge("lock_wait")
         try:
             yield tuple(int(v) for v in self.blocks["meta"][layer])
         finally:
             self.locks[layer].release()
+            if self.account is not None:
+                # How long the others may have had to wait: with K workers, what limits K.
+                self.account.held_lock(time.perf_counter() - acquired)
 
     def pull_weights(self, model, versions):
         b = self.blocks
