@@ -37,7 +37,7 @@ _LOCK_HELD = 2 * len(CATEGORIES)
 
 
 def time_table_shape(n_workers):
-    """Shape of the shared table of every worker's accounts: ``(workers, phases, categories + 1)``."""
+    """Shape of the shared table of every worker's accounts: ``(workers, phases, TABLE_COLUMNS)``."""
     return (n_workers, len(PHASES), TABLE_COLUMNS)
 
 
