@@ -103,3 +103,19 @@ def test_to_dict_from_dict_round_trip():
     assert again == config
     assert again.hidden == (30, 20, 10)
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_width_aware_recipe_scales_the_rates_with_the_output_fan_in():
+    # 500000 x 2 at epsilon 10 is capped dense: an output neuron has n = 500000 inputs.
+    config = TrainConfig.width_aware((500_000, 500_000), 2, epsilon=10, epochs=1, seed=3)
+    assert (config.activation, config.init, config.zero_output, config.dropout) == ("tanh", "he-uniform-sparse",
+                                                                                     True, 0.0)
+    assert config.lr == pytest.approx(6e-5 * 500_000) and config.output_lr == pytest.approx(50 / 500_000)
+    assert config.lr * config.weight_decay == pytest.approx(0.01 * 2e-4)  # the paper's shrink per step
+    assert (config.hidden, config.epsilon, config.epochs, config.seed) == ((500_000, 500_000), 10, 1, 3)
+    # The ten-layer network: 5M x 2 at epsilon 1 has 5M + 2 weights, n = 2.5M + 1.
+    deep = TrainConfig.width_aware((5_000_000,) * 10, 2, epsilon=1, dropout=0.1)
+    assert deep.output_lr == pytest.approx(50 / 2_500_001) and deep.lr == pytest.approx(6e-5 * 2_500_001)
+    assert deep.dropout == 0.1  # an override wins
+    with pytest.raises(ConfigError, match="hidden layer"):
+        TrainConfig.width_aware((), 2, epsilon=1)

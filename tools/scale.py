@@ -64,18 +64,14 @@ TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TOOLS_DIR)
 sys.path.insert(0, REPO_DIR)  # measure this checkout's wasap, installed or not
 
-from wasap.topology import INIT_SCHEMES  # noqa: E402  (needs the path above)
+from wasap.config import TrainConfig  # noqa: E402  (needs the path above)
+from wasap.topology import INIT_SCHEMES  # noqa: E402
 
 GIB = 1 << 30
 BATCH_SIZE = 128
 HYPER = dict(dropout=0.4, lr=0.01, momentum=0.9)  # the paper's Table 5 settings
-PAPER_WEIGHT_DECAY = 2e-4  # wasap's default, the paper code's
-#: ``--recipe width-aware``: with ``n`` inputs an output neuron, hidden layers step at ``LR_PER_INPUT * n``
-#: and the output layer, zeroed at the start, at ``OUTPUT_LR_TIMES_INPUTS / n``, without dropout: what made
-#: 65536-W-W-2 (W = 50000, 500000) and its ten-layer stand-in 65536-W x10-2 learn in one epoch in
-#: tools/wide_learning.py (ten layers want 25-50 / n, two 75 / n; dropout left ten layers at chance).
-LR_PER_INPUT = 6e-5
-OUTPUT_LR_TIMES_INPUTS = 50.0
+#: What ``--recipe width-aware`` takes from :meth:`wasap.TrainConfig.width_aware`.
+WIDTH_AWARE_KEYS = ("activation", "init", "zero_output", "lr", "output_lr", "momentum", "dropout", "weight_decay")
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 WIDE_THREADS = (1, 2)
 #: Python, numpy, numba and the compiled kernels, before any model exists (measured about 0.25 GB).
@@ -155,22 +151,15 @@ def training_hyper(row, args):
     """``TrainConfig`` keyword arguments of a row's training under ``--recipe``.
 
     ``paper``: the paper's Table 5 settings (lr 0.01 for every layer, dropout 0.4), with ``--init`` and
-    ``--lr-fan-in``. ``width-aware``: the output layer zeroed and stepping at ``OUTPUT_LR_TIMES_INPUTS / n``,
-    the hidden layers, initialised for the fan-in a neuron has, at ``LR_PER_INPUT * n``, where ``n`` is
-    an output neuron's mean fan-in: a hidden weight's gradient goes through the output weights, which
-    stay of order ``1 / n``, so hidden steps of order ``n`` are what moves the features (a maximal-update
-    parametrisation in the manner of Yang & Hu 2021), and no dropout (with two inputs a neuron, as in the
-    ten-layer row, ten layers of dropout cut the paths from the input). Weight decay keeps the paper's
-    shrink per step, ``0.01 * 2e-4``, whatever the rate. ``--dropout`` overrides either's dropout.
+    ``--lr-fan-in``. ``width-aware``: :meth:`wasap.TrainConfig.width_aware` (tanh, weights for the
+    fan-in a neuron has, a zeroed output layer, rates scaled with the output layer's fan-in, no
+    dropout). ``--dropout`` overrides either's dropout.
     """
     if args.recipe == "paper":
         hyper = dict(init=args.init, lr_fan_in=args.lr_fan_in, **HYPER)
     else:
-        inputs = row_nnz(row)[-1] / row.sizes[-1]
-        lr = LR_PER_INPUT * inputs
-        hyper = dict(activation="tanh", init="he-uniform-sparse", zero_output=True, lr=lr, output_lr=OUTPUT_LR_TIMES_INPUTS / inputs,
-                     momentum=HYPER["momentum"], dropout=0.0,
-                     weight_decay=PAPER_WEIGHT_DECAY * HYPER["lr"] / lr)
+        recipe = TrainConfig.width_aware(row.sizes[1:-1], row.sizes[-1], epsilon=row.epsilon)
+        hyper = {name: getattr(recipe, name) for name in WIDTH_AWARE_KEYS}
     if args.dropout is not None:
         hyper["dropout"] = args.dropout
     return hyper

@@ -14,7 +14,17 @@ import numpy as np
 
 from .activations import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
 from .optim import LayerRates
-from .topology import INIT_SCHEMES
+from .topology import INIT_SCHEMES, erdos_renyi_nnz
+
+
+#: :meth:`TrainConfig.width_aware`: with ``n`` inputs an output neuron, the hidden layers step at
+#: ``WIDTH_AWARE_LR_PER_INPUT * n`` and the output layer at ``WIDTH_AWARE_OUTPUT_LR_TIMES_INPUTS / n``:
+#: what made 65536-W-W-2 (W = 50000, 500000) and ten-layer 65536-W x10-2 networks learn in one epoch
+#: (``tools/wide_learning.py``; two layers did best at 75 / n, ten at 25-50 / n).
+WIDTH_AWARE_LR_PER_INPUT = 6e-5
+WIDTH_AWARE_OUTPUT_LR_TIMES_INPUTS = 50.0
+#: The paper's weight decay per step, ``lr * weight_decay = 0.01 * 2e-4``, kept whatever the rate.
+_PAPER_DECAY_PER_STEP = 2e-6
 
 
 class ConfigError(ValueError):
@@ -57,10 +67,8 @@ class TrainConfig:
         ``lr_fan_in`` factor). Scaled with ``lr`` by warm-up and the synchronous
         variant (:class:`wasap.optim.LayerRates`).
     zero_output : bool
-        Start the output layer's weights at 0. With ``activation="tanh"``,
-        ``init="he-uniform-sparse"``, ``output_lr`` about ``75 / n`` and ``lr``
-        about ``6e-5 * n`` for ``n`` inputs an output neuron, networks 50000 to
-        500000 wide learn in one epoch (README, "Big networks").
+        Start the output layer's weights at 0. Part of the recipe under which
+        networks 0.5M to 5M neurons wide learn: :meth:`width_aware`.
     importance_pruning : bool
     ip_start, ip_every : int
         Importance Pruning runs after epochs ``e >= ip_start`` with ``e % ip_every == 0``.
@@ -161,6 +169,56 @@ class TrainConfig:
         _integer("seed", self.seed, 0)
         if self.activation == "leaky-relu" and self.alpha is not None and not 0 <= self.alpha < 1:
             raise ConfigError(f"alpha (the leaky ReLU slope) must be in [0, 1), got {self.alpha}.")
+
+    @classmethod
+    def width_aware(cls, hidden, n_outputs, *, epsilon, **overrides):
+        """The training recipe under which networks 0.5M to 5M neurons wide learn in their first epoch.
+
+        With the paper's recipe such networks keep the loss at ln 2: weights sized for the dense
+        fan-in shrink the signal a hundred-fold per layer, and an output neuron's millions of
+        inputs turn any usable output rate unstable. Here (README, "Big networks"):
+
+        - ``init="he-uniform-sparse"``: weights sized for the connections a neuron has;
+        - ``activation="tanh"``: zero-mean activations, no common mode through the output layer;
+        - ``zero_output=True``: the logits start equal;
+        - ``output_lr = 50 / n`` and ``lr = 6e-5 * n``, where ``n`` is an output neuron's mean
+          fan-in (``nnz / n_outputs`` of the output layer): the hidden gradients pass through
+          output weights of order ``1 / n`` (maximal-update scaling, Yang & Hu 2021);
+        - ``dropout=0``: with the two inputs a neuron of an epsilon-1 layer has, ten layers of
+          dropout cut every path from the input;
+        - ``weight_decay = 2e-6 / lr``: the paper's shrink per step.
+
+        Parameters
+        ----------
+        hidden : tuple of int
+            Hidden layer sizes.
+        n_outputs : int
+            Classes (or regression outputs).
+        epsilon : float
+        **overrides
+            Any other :class:`TrainConfig` value (``epochs``, ``seed``, ``micro_batch``...), or one of
+            the recipe's to change it.
+
+        Returns
+        -------
+        TrainConfig
+
+        Examples
+        --------
+        >>> config = TrainConfig.width_aware((500_000, 500_000), 2, epsilon=10, epochs=1)
+        >>> round(config.lr, 6), round(config.output_lr, 8), config.activation
+        (30.0, 0.0001, 'tanh')
+        """
+        hidden = tuple(hidden)
+        if not hidden:
+            raise ConfigError("the width-aware recipe needs at least one hidden layer.")
+        inputs = erdos_renyi_nnz(int(hidden[-1]), int(n_outputs), epsilon, warn=False) / n_outputs
+        lr = WIDTH_AWARE_LR_PER_INPUT * inputs
+        values = dict(hidden=hidden, epsilon=epsilon, activation="tanh", init="he-uniform-sparse",
+                      zero_output=True, lr=lr, output_lr=WIDTH_AWARE_OUTPUT_LR_TIMES_INPUTS / inputs,
+                      dropout=0.0, weight_decay=_PAPER_DECAY_PER_STEP / lr)
+        values.update(overrides)
+        return cls(**values)
 
     def layer_rates(self):
         """Each layer's learning rate relative to ``lr`` (:class:`wasap.optim.LayerRates`)."""
