@@ -52,6 +52,30 @@ def test_explicit_flags_override_the_preset():
     assert config.weight_decay == 1e-4 and config.batch_size == 32
 
 
+def test_width_aware_recipe_replaces_the_preset_but_not_explicit_flags():
+    # Madelon's preset says weight decay 6e-3 and the defaults say dropout 0.3 and all-relu: the recipe
+    # replaces them; --lr given on the command line stays. 400 x 2 at epsilon 10 is dense: n = 400.
+    argv = ["--recipe", "width-aware", "--lr", "0.05", "--epochs", "3", "--threads", "1"]
+    config = run.config_from_args(run.build_parser().parse_args(argv))
+    recipe = run.apply_recipe(config, 2, run.explicit_flags(argv))
+    assert (recipe.activation, recipe.init, recipe.zero_output, recipe.dropout) == ("tanh", "he-uniform-sparse",
+                                                                                     True, 0.0)
+    assert recipe.output_lr == pytest.approx(50 / 400) and recipe.lr == 0.05
+    assert recipe.weight_decay == pytest.approx(2e-6 / 0.05)  # the paper's shrink per step at the lr in force
+    assert (recipe.hidden, recipe.epsilon, recipe.epochs, recipe.batch_size) == ((400, 100, 400), 10, 3, 32)
+
+
+def test_width_aware_run_records_the_recipe(tmp_path):
+    out = tmp_path / "run"
+    code, stdout, stderr = wasap_run("--recipe", "width-aware", "--dropout", "0.1", "--epochs", "2", "--threads",
+                                     "1", "--out", str(out))
+    assert code == 0, stderr
+    assert "recipe width-aware: activation tanh" in stdout
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["activation"] == "tanh" and config["zero_output"] and config["dropout"] == 0.1
+    assert config["output_lr"] == pytest.approx(50 / 400)
+
+
 def test_non_empty_out_folder_is_refused_unless_overwrite(tmp_path):
     (tmp_path / "old.txt").write_text("keep me")
     code, _, stderr = wasap_run("--epochs", "1", "--threads", "1", "--out", str(tmp_path), "--quiet")

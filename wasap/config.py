@@ -186,7 +186,8 @@ class TrainConfig:
           output weights of order ``1 / n`` (maximal-update scaling, Yang & Hu 2021);
         - ``dropout=0``: with the two inputs a neuron of an epsilon-1 layer has, ten layers of
           dropout cut every path from the input;
-        - ``weight_decay = 2e-6 / lr``: the paper's shrink per step.
+        - ``weight_decay = 2e-6 / lr`` (the ``lr`` in force, an override's included): the paper's
+          shrink per step.
 
         Parameters
         ----------
@@ -213,7 +214,7 @@ class TrainConfig:
         if not hidden:
             raise ConfigError("the width-aware recipe needs at least one hidden layer.")
         inputs = erdos_renyi_nnz(int(hidden[-1]), int(n_outputs), epsilon, warn=False) / n_outputs
-        lr = WIDTH_AWARE_LR_PER_INPUT * inputs
+        lr = overrides.get("lr", WIDTH_AWARE_LR_PER_INPUT * inputs)
         values = dict(hidden=hidden, epsilon=epsilon, activation="tanh", init="he-uniform-sparse",
                       zero_output=True, lr=lr, output_lr=WIDTH_AWARE_OUTPUT_LR_TIMES_INPUTS / inputs,
                       dropout=0.0, weight_decay=_PAPER_DECAY_PER_STEP / lr)

@@ -107,6 +107,11 @@ def build_parser():
                             "(for networks millions of neurons wide) [%(default)s]")
 
     train = parser.add_argument_group("training")
+    train.add_argument("--recipe", choices=("paper", "width-aware"), default="paper",
+                       help="width-aware: tanh, he-uniform-sparse, a zeroed output layer, lr 6e-5*n and output lr "
+                            "50/n for n inputs an output neuron, no dropout, for networks hundreds of thousands "
+                            "of neurons wide (TrainConfig.width_aware; flags given explicitly still win) "
+                            "[%(default)s]")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--micro-batch", type=int,
@@ -163,6 +168,25 @@ def config_from_args(args):
     )
 
 
+#: What ``--recipe width-aware`` sets, unless the flag is given (:meth:`TrainConfig.width_aware`).
+RECIPE_KEYS = ("activation", "init", "zero_output", "lr", "output_lr", "dropout", "weight_decay")
+
+
+def explicit_flags(argv):
+    """Names (``args`` attributes) of the options given on the command line, defaults left out."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def apply_recipe(config, n_outputs, explicit):
+    """``config`` under :meth:`TrainConfig.width_aware` for ``n_outputs`` outputs; ``explicit`` flags win."""
+    kept = {name: value for name, value in config.to_dict().items() if name not in RECIPE_KEYS or name in explicit}
+    hidden, epsilon = tuple(kept.pop("hidden")), kept.pop("epsilon")
+    return TrainConfig.width_aware(hidden, n_outputs, epsilon=epsilon, **kept)
+
+
 def main(argv=None):
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -176,6 +200,10 @@ def main(argv=None):
                             standardize=not args.no_standardize, n_samples=args.n_samples,
                             n_features=args.n_features, n_classes=args.n_classes)
         say(f"data: {data.description or data.name}")
+        if args.recipe == "width-aware":
+            config = apply_recipe(config, data.n_classes, explicit_flags(argv))
+            say(f"recipe width-aware: activation {config.activation}, init {config.init}, lr {config.lr:.4g}, "
+                f"output lr {config.output_lr:.4g}, dropout {config.dropout:g}")
         started = time.perf_counter()
         model = SparseMLP.from_config(data.n_features, data.n_classes, config)
         init_seconds = time.perf_counter() - started
