@@ -64,14 +64,12 @@ TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(TOOLS_DIR)
 sys.path.insert(0, REPO_DIR)  # measure this checkout's wasap, installed or not
 
-from wasap.config import TrainConfig  # noqa: E402  (needs the path above)
+from wasap.config import WIDTH_AWARE_KEYS, TrainConfig  # noqa: E402  (needs the path above)
 from wasap.topology import INIT_SCHEMES  # noqa: E402
 
 GIB = 1 << 30
 BATCH_SIZE = 128
 HYPER = dict(dropout=0.4, lr=0.01, momentum=0.9)  # the paper's Table 5 settings
-#: What ``--recipe width-aware`` takes from :meth:`wasap.TrainConfig.width_aware`.
-WIDTH_AWARE_KEYS = ("activation", "init", "zero_output", "lr", "output_lr", "momentum", "dropout", "weight_decay")
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 WIDE_THREADS = (1, 2)
 #: Python, numpy, numba and the compiled kernels, before any model exists (measured about 0.25 GB).
@@ -159,7 +157,7 @@ def training_hyper(row, args):
         hyper = dict(init=args.init, lr_fan_in=args.lr_fan_in, **HYPER)
     else:
         recipe = TrainConfig.width_aware(row.sizes[1:-1], row.sizes[-1], epsilon=row.epsilon)
-        hyper = {name: getattr(recipe, name) for name in WIDTH_AWARE_KEYS}
+        hyper = {name: getattr(recipe, name) for name in (*WIDTH_AWARE_KEYS, "momentum")}
     if args.dropout is not None:
         hyper["dropout"] = args.dropout
     return hyper

@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import kernels
-from .config import ConfigError, TrainConfig
+from .config import WIDTH_AWARE_KEYS, ConfigError, TrainConfig
 from .data import DataError, load_dataset
 from .model import SparseMLP
 from .parallel import WorkerFailed, fit_parallel
@@ -168,10 +168,6 @@ def config_from_args(args):
     )
 
 
-#: What ``--recipe width-aware`` sets, unless the flag is given (:meth:`TrainConfig.width_aware`).
-RECIPE_KEYS = ("activation", "init", "zero_output", "lr", "output_lr", "dropout", "weight_decay")
-
-
 def explicit_flags(argv):
     """Names (``args`` attributes) of the options given on the command line, defaults left out."""
     parser = build_parser()
@@ -182,7 +178,8 @@ def explicit_flags(argv):
 
 def apply_recipe(config, n_outputs, explicit):
     """``config`` under :meth:`TrainConfig.width_aware` for ``n_outputs`` outputs; ``explicit`` flags win."""
-    kept = {name: value for name, value in config.to_dict().items() if name not in RECIPE_KEYS or name in explicit}
+    kept = {name: value for name, value in config.to_dict().items()
+            if name not in WIDTH_AWARE_KEYS or name in explicit}
     hidden, epsilon = tuple(kept.pop("hidden")), kept.pop("epsilon")
     return TrainConfig.width_aware(hidden, n_outputs, epsilon=epsilon, **kept)
 

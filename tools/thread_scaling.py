@@ -1,0 +1,210 @@
+"""Why two kernel threads scale as they do: per-layer times of the Fashion-MNIST shape at 1 and 2 threads.
+
+For 784-1000-1000-1000-10 (epsilon 20, batch 128, dropout 0.3, random data) it prints, per thread
+count (each in a fresh process, since numba fixes its thread pool per process):
+
+- each layer's forward and backward kernel per batch, the batch gather, the loss, and the rest;
+- layer 2's forward pass right after layer 1 wrote its input (half of it written by the other core
+  when two threads run) and again at once (the input now in this core's cache): the cost of reading
+  activations another core has just written;
+- a 64-sample gradient step alone, and two of them at once in two threads on two copies of the model
+  (the batch split between the threads, no activations shared): what such a split could give.
+
+    python tools/thread_scaling.py [--batches 400]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(TOOLS_DIR))  # this checkout's wasap, installed or not
+
+SIZES = [784, 1000, 1000, 1000, 10]
+BATCH = 128
+THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _setup():
+    import numpy as np
+
+    from wasap.model import SparseMLP
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60000, SIZES[0]), dtype=np.float32)
+    y = rng.integers(0, SIZES[-1], 60000)
+    model = SparseMLP.random(SIZES, epsilon=20, activation="all-relu", alpha=0.6, seed=0, warn=False)
+    return X, y, model, rng.permutation(60000)
+
+
+def per_layer(model, X, y, order, batches):
+    """Microseconds per batch of each kernel call, in a real sequence of training steps (lr 0)."""
+    import numpy as np
+
+    from wasap import kernels
+    from wasap.kernels import gather_transposed
+    from wasap.model import stream_seed
+
+    ws = model.workspace(BATCH, training=True)
+    full = kernels.DROPOUT_RESOLUTION
+    keep, scale = int(round(0.7 * full)), 1 / 0.7
+    n_layers = len(model.layers)
+    forward, backward = np.zeros(n_layers), np.zeros(n_layers)
+    gather = loss = 0.0
+    empty = np.empty(0, dtype=np.float32)
+    last = n_layers - 1
+    for repeat in range(2):  # the first pass compiles and warms the caches
+        forward[:] = backward[:] = 0.0
+        gather = loss = 0.0
+        started = time.perf_counter()
+        for i in range(batches):
+            rows = order[(i % 468) * BATCH:(i % 468 + 1) * BATCH]
+            t = time.perf_counter()
+            x_t = gather_transposed(X, rows, ws.x_t)
+            gather += time.perf_counter() - t
+            a_prev = x_t
+            for l, layer in enumerate(model.layers):
+                act, slope = model._codes[l]
+                t = time.perf_counter()
+                kernels.forward_layer(layer.col_indptr, layer.col_rows, layer.col_perm, layer.data, layer.bias,
+                                      a_prev, act, slope, ws.activations[l + 1], ws.derivs[l + 1], True,
+                                      full if l == last else keep, 1.0 if l == last else scale, stream_seed(i, l))
+                forward[l] += time.perf_counter() - t
+                a_prev = ws.activations[l + 1]
+            t = time.perf_counter()
+            model.loss_and_delta(a_prev, y[rows], ws)
+            loss += time.perf_counter() - t
+            delta = ws.delta_out
+            for l in range(last, -1, -1):
+                layer = model.layers[l]
+                below = ws.derivs[l]
+                t = time.perf_counter()
+                kernels.backward_layer(layer.indptr, layer.indices, layer.data, layer.velocity,
+                                       ws.activations[l] if l > 0 else x_t, delta, below, below, l > 0,
+                                       kernels.MODE_UPDATE, empty, 0.0, 0.9, 2e-4, layer.bias,
+                                       layer.bias_velocity, empty)
+                backward[l] += time.perf_counter() - t
+                delta = below
+        total = time.perf_counter() - started
+    us = 1e6 / batches
+    return dict(total=total * us, gather=gather * us, loss=loss * us, forward=list(forward * us),
+                backward=list(backward * us), other=(total - gather - loss - forward.sum() - backward.sum()) * us)
+
+
+def fresh_input(model, batches):
+    """Layer 2's forward right after layer 1 wrote its input, and again at once (microseconds)."""
+    import numpy as np
+
+    from wasap import kernels
+
+    ws = model.workspace(BATCH, training=True)
+    ws.x_t[...] = np.random.default_rng(1).standard_normal(ws.x_t.shape)
+    full = kernels.DROPOUT_RESOLUTION
+
+    def forward(l, source, target):
+        layer = model.layers[l]
+        act, slope = model._codes[l]
+        kernels.forward_layer(layer.col_indptr, layer.col_rows, layer.col_perm, layer.data, layer.bias, source,
+                              act, slope, target, ws.derivs[l + 1], True, full, 1.0, 0)
+
+    a1, a2 = ws.activations[1], ws.activations[2]
+    first = again = 0.0
+    for i in range(batches + 20):
+        forward(0, ws.x_t, a1)
+        t = time.perf_counter()
+        forward(1, a1, a2)
+        mid = time.perf_counter()
+        forward(1, a1, a2)
+        if i >= 20:
+            first += mid - t
+            again += time.perf_counter() - mid
+    return dict(after_write=1e6 * first / batches, again=1e6 * again / batches)
+
+
+def split_batch(model, X, y, order, batches):
+    """A 128- and a 64-sample gradient step on one thread, and two 64-sample steps at once on two threads."""
+    import numpy as np
+
+    from wasap import kernels
+    from wasap.kernels import gather_transposed
+
+    def steps(net, batch, offset, out):
+        kernels.set_threads(1)  # per thread in numba
+        grads = [np.zeros(layer.nnz, np.float32) for layer in net.layers]
+        bias_grads = [np.zeros(layer.n_out, np.float32) for layer in net.layers]
+        ws = net.workspace(batch, training=True)
+        for i in range(batches + 3):
+            if i == 3:
+                started = time.perf_counter()
+            rows = order[offset + (i % 200) * batch:offset + (i % 200 + 1) * batch]
+            net.gradient_batch(gather_transposed(X, rows, ws.x_t), y[rows], grads, bias_grads, dropout=0.3,
+                               dropout_seed=i)
+        out.append(1e6 * (time.perf_counter() - started) / batches)
+
+    one_128, one_64, two_64 = [], [], []
+    steps(model, 128, 0, one_128)
+    steps(model, 64, 0, one_64)
+    threads = [threading.Thread(target=steps, args=(net, 64, offset, two_64))
+               for net, offset in ((model, 0), (model.copy(), 30000))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return dict(one_thread_128=one_128[0], one_thread_64=one_64[0], two_threads_64_each=max(two_64))
+
+
+def worker(threads, batches):
+    from wasap import kernels
+
+    kernels.set_threads(threads)
+    X, y, model, order = _setup()
+    result = dict(threads=threads, per_layer=per_layer(model, X, y, order, batches),
+                  fresh_input=fresh_input(model, batches))
+    if threads == 2:
+        kernels.set_threads(1)
+        result["split_batch"] = split_batch(model, X, y, order, batches)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=400, help="batches per measurement [%(default)s]")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.batches < 1:
+        parser.error("--batches must be at least 1")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.batches)))
+        return
+    results = {}
+    for threads in (1, 2):
+        env = dict(os.environ, **{name: str(threads) for name in THREAD_ENV})
+        completed = subprocess.run([sys.executable, __file__, "--worker", str(threads), "--batches",
+                                    str(args.batches)], env=env, capture_output=True, text=True, check=True)
+        results[threads] = json.loads(completed.stdout.strip().splitlines()[-1])
+    print(f"784-1000-1000-1000-10, epsilon 20, batch {BATCH}, microseconds per batch; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for threads, result in results.items():
+        row = result["per_layer"]
+        print(f"{threads} thread(s): total {row['total']:.0f}; gather {row['gather']:.0f}; forward "
+              f"{' / '.join(f'{v:.0f}' for v in row['forward'])}; loss {row['loss']:.0f}; backward "
+              f"{' / '.join(f'{v:.0f}' for v in row['backward'])}; other {row['other']:.0f}")
+    one, two = results[1]["per_layer"]["total"], results[2]["per_layer"]["total"]
+    print(f"two threads vs one: {one / two:.2f}x")
+    for threads, result in results.items():
+        fresh = result["fresh_input"]
+        print(f"{threads} thread(s): layer 2's forward right after layer 1 wrote its input {fresh['after_write']:.0f}, "
+              f"again at once {fresh['again']:.0f}")
+    split = results[2]["split_batch"]
+    print(f"batch split between two threads: one thread, 128 samples {split['one_thread_128']:.0f}, 64 samples "
+          f"{split['one_thread_64']:.0f}; two threads at once, 64 samples each {split['two_threads_64_each']:.0f} "
+          f"-> {split['one_thread_128'] / split['two_threads_64_each']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
