@@ -23,7 +23,8 @@ from .topology import INIT_SCHEMES, erdos_renyi_nnz
 #: (``tools/wide_learning.py``; two layers did best at 75 / n, ten at 25-50 / n).
 WIDTH_AWARE_LR_PER_INPUT = 6e-5
 WIDTH_AWARE_OUTPUT_LR_TIMES_INPUTS = 50.0
-#: The values :meth:`TrainConfig.width_aware` sets (anything else keeps its default); what `--recipe width-aware` leaves to explicit flags.
+#: The values :meth:`TrainConfig.width_aware` sets (anything else keeps its default), which
+#: ``--recipe width-aware`` leaves to the flags given explicitly.
 WIDTH_AWARE_KEYS = ("activation", "init", "zero_output", "lr", "output_lr", "dropout", "weight_decay")
 #: The paper's weight decay per step, ``lr * weight_decay = 0.01 * 2e-4``, kept whatever the rate.
 _PAPER_DECAY_PER_STEP = 2e-6
