@@ -5,6 +5,7 @@ times the values; nothing here calls a wasap helper to compute an expected value
 Shapes are small and argument types fixed so that numba compiles each kernel once.
 """
 
+import numba
 import numpy as np
 import pytest
 import scipy.sparse
@@ -363,6 +364,27 @@ def test_wide_gather_equals_numpy_take_and_transpose(n_features, batch):
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_features,batch", [(784, 128), (13, 37), (50, 1)])
+def test_narrow_gather_equals_numpy_on_one_and_two_threads(n_features, batch, threads):
+    from wasap.kernels import gather_transposed
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"numba was started with {numba.config.NUMBA_NUM_THREADS} thread(s)")
+    rng = np.random.default_rng(n_features * batch)
+    X = rng.standard_normal((400, n_features), dtype=np.float32)
+    rows = rng.choice(400, size=batch, replace=False)
+    before = kernels.get_threads()
+    kernels.set_threads(threads)  # two threads take the numba kernel, one numpy's copy
+    try:
+        out = kernels.aligned_empty((n_features, batch))
+        assert gather_transposed(X, rows, out) is out
+        np.testing.assert_array_equal(out, X[rows].T)
+        np.testing.assert_array_equal(gather_transposed(X, slice(3, 3 + batch)), X[3:3 + batch].T)
+    finally:
+        kernels.set_threads(before)
+
+
 @pytest.mark.parametrize("n_features", [784, 4096])
 def test_gather_of_a_slice_equals_the_rows_it_names(n_features):
     from wasap.kernels import gather_transposed
@@ -388,3 +410,42 @@ def test_tanh_is_within_4e_7_of_numpy_over_the_whole_float32_range():
     exact = np.tanh(x.astype(np.float64))
     np.testing.assert_allclose(got, exact, rtol=4e-7, atol=4e-7)
     assert np.all(np.abs(got) <= 1.0)
+
+
+_THREAD_CHOICE = """
+import json, warnings
+from wasap import kernels
+from wasap.train import default_threads
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    layer = kernels.threading_layer()
+    chosen = dict(default=default_threads(), none=kernels.set_threads(None), two=kernels.set_threads(2))
+print(json.dumps(dict(layer=layer, chosen=chosen, warnings=[str(w.message) for w in caught])))
+"""
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "default"])
+def test_threads_default_to_one_on_numbas_slow_workqueue_layer_with_a_warning(layer):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    env.pop("NUMBA_THREADING_LAYER", None)
+    if layer == "workqueue":
+        env["NUMBA_THREADING_LAYER"] = "workqueue"  # what numba takes without OpenMP or TBB
+    done = subprocess.run([sys.executable, "-c", _THREAD_CHOICE], env=env, capture_output=True, text=True,
+                          check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if layer == "workqueue":
+        assert result["layer"] == "workqueue"
+        assert result["chosen"] == dict(default=1, none=1, two=2)  # an explicit count is kept
+        assert len(result["warnings"]) == 1
+        assert "workqueue" in result["warnings"][0] and "libgomp1" in result["warnings"][0]
+    else:
+        if result["layer"] == "workqueue":
+            pytest.skip("this numba has neither OpenMP nor TBB: the fast path cannot be tested here")
+        assert result["chosen"]["none"] == result["chosen"]["two"] == 2
+        assert 1 <= result["chosen"]["default"] <= 2  # idle cores, by the load average
+        assert result["warnings"] == []

@@ -34,6 +34,7 @@ Activation codes (``act``) used by the kernels:
 """
 
 import os
+import warnings
 
 import numba
 import numpy as np
@@ -46,10 +47,47 @@ ACT_PIECEWISE = 0
 ACT_SIGMOID = 1
 ACT_TANH = 2
 
-#: numba's threading layer is chosen once per process; "workqueue" needs no
-#: OpenMP/TBB runtime and never oversubscribes when several worker processes
-#: each run one thread.
 _KERNEL_OPTIONS = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
+
+#: numba's own threading layer, the one it falls back to without a TBB or OpenMP runtime.
+SLOW_THREADING_LAYER = "workqueue"
+_warned_slow_layer = False
+
+
+@njit(parallel=True, cache=True)
+def _start_thread_pool(out):
+    for i in prange(out.shape[0]):
+        out[i] = i
+
+
+def threading_layer():
+    """numba's threading layer in this process: ``"tbb"``, ``"omp"`` or ``"workqueue"``.
+
+    numba chooses it at the first parallel kernel (TBB, else OpenMP, else its own
+    workqueue) and keeps it for the life of the process; this runs a trivial kernel if
+    none has run yet. workqueue wakes its threads through the operating system at every
+    kernel: on a 2-core VM a launch took 130 us against OpenMP's 1.7, and a training
+    epoch of the Fashion-MNIST shape on two threads ran 2.5 times slower than with
+    OpenMP, slower than on one thread (``NUMBA_THREADING_LAYER=workqueue``).
+    """
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run in this process yet
+        _start_thread_pool(np.zeros(2, dtype=np.int64))
+        return numba.threading_layer()
+
+
+def warn_slow_threading_layer(consequence):
+    """Warn, once a process, that numba runs on workqueue: ``consequence`` for wasap, and the remedy."""
+    global _warned_slow_layer
+    if not _warned_slow_layer:
+        _warned_slow_layer = True
+        warnings.warn(
+            f"numba runs its threads on its '{SLOW_THREADING_LAYER}' layer (taken when it finds neither an "
+            f"OpenMP nor a TBB runtime, or when NUMBA_THREADING_LAYER asks for it), which starts every parallel "
+            f"kernel through the operating system: {consequence} "
+            "Install an OpenMP runtime (Debian/Ubuntu: apt install libgomp1; macOS: brew install libomp) "
+            "and start again.", RuntimeWarning, stacklevel=3)
 
 
 def set_threads(n_threads):
@@ -62,7 +100,8 @@ def set_threads(n_threads):
     ----------
     n_threads : int or None
         Threads, 1 to ``numba.config.NUMBA_NUM_THREADS``. ``None`` means one
-        thread per core this process may run on.
+        thread per core this process may run on, or one thread when numba runs on
+        its slow workqueue layer (:func:`threading_layer`; with a warning).
 
     Returns
     -------
@@ -72,9 +111,14 @@ def set_threads(n_threads):
     available = numba.config.NUMBA_NUM_THREADS
     if n_threads is None:
         n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if n_threads > 1 and threading_layer() == SLOW_THREADING_LAYER:
+            warn_slow_threading_layer("wasap uses one kernel thread, which is faster there than several.")
+            n_threads = 1
     n_threads = int(n_threads)
     if n_threads < 1:
         raise ValueError(f"threads must be >= 1, got {n_threads}.")
+    if n_threads > 1 and threading_layer() == SLOW_THREADING_LAYER:
+        warn_slow_threading_layer(f"{n_threads} threads may well be slower than one.")
     if n_threads > available:
         raise ValueError(
             f"threads={n_threads} exceeds the {available} threads numba was started with; "
@@ -911,13 +955,15 @@ def softmax_cross_entropy_delta(z, target_index, delta_out):
 def gather_rows_transposed(X, rows, out):
     """``out[f, b] = X[rows[b], f]``: a batch's rows in the kernels' ``(features, batch)`` layout.
 
-    For wide inputs (tens of thousands of features), where numpy's take-then-transpose
-    moves every value through a cache-hostile strided copy: here 16 samples at a
-    time (one thread task) are copied 16 features by 16, so that both the 16 rows read
-    and the 16 output rows written stay in L1. On 65536 x 128 batches
-    (``tools/scale.py --rows wide``, its gather column): 23.6 ms on one thread and
-    13.5 ms on two, against numpy's 52 and 50 ms. On 784 features numpy's 95 us wins
-    (its contiguous row copies prefetch better than 16 interleaved rows).
+    16 samples at a time (one thread task) are copied 16 features by 16, so that both
+    the 16 rows read and the 16 output rows written stay in L1. For wide inputs (tens
+    of thousands of features) numpy's take-then-transpose moves every value through a
+    cache-hostile strided copy: on 65536 x 128 batches (``tools/scale.py --rows wide``,
+    its gather column) this takes 23.6 ms on one thread and 13.5 ms on two, against
+    numpy's 52 and 50 ms. On narrow inputs it wins only with more than one thread
+    (numpy's copy is serial): 784 x 128 from a 60000-row X, 38 us on two threads
+    against numpy's 70; on one thread 65 against 69 on an Intel host, 110-140 against
+    95 on an AMD one, so one thread keeps numpy there (:func:`gather_transposed`).
 
     Parameters
     ----------
@@ -938,8 +984,9 @@ def gather_rows_transposed(X, rows, out):
                     out[f, b] = X[row, f]
 
 
-#: From this many features on, batches are gathered by :func:`gather_rows_transposed`
-#: (numpy's take + transpose is faster below: 95 against 110-140 us on 784 features).
+#: From this many features on, batches are gathered by :func:`gather_rows_transposed` even on
+#: one thread (numpy's take + transpose can be faster below: 95 against 110-140 us on 784
+#: features on an AMD host).
 WIDE_INPUT = 4096
 
 
@@ -947,9 +994,11 @@ def gather_transposed(X, rows, out=None):
     """Rows of ``X`` as a ``(n_features, len(rows))`` C-contiguous float32 block (the kernels' layout).
 
     ``rows`` is an index array, or a slice (inference walks the rows in order: no copy
-    before the transpose on the narrow path).
+    before the transpose on numpy's path). With more than one kernel thread, or inputs of at
+    least ``WIDE_INPUT`` features, the copy is :func:`gather_rows_transposed`; else numpy's.
     """
-    if X.shape[1] >= WIDE_INPUT and X.dtype == np.float32 and X.flags.c_contiguous:
+    use_kernel = X.shape[1] >= WIDE_INPUT or numba.get_num_threads() > 1
+    if use_kernel and X.dtype == np.float32 and X.flags.c_contiguous:
         if isinstance(rows, slice):
             rows = np.arange(*rows.indices(X.shape[0]))
         if out is None or out.shape != (X.shape[1], rows.shape[0]):
