@@ -7,6 +7,11 @@ count (each in a fresh process, since numba fixes its thread pool per process):
 - layer 2's forward pass right after layer 1 wrote its input (half of it written by the other core
   when two threads run) and again at once (the input now in this core's cache): the cost of reading
   activations another core has just written;
+- every kernel of a training step run a second time at once (its data now in this core's caches): how
+  the kernels would scale if nothing had to move between cores and caches;
+- with two threads, the rate at which a core reads 256 KB the other core has just written, against
+  256 KB it wrote itself, and how many bytes of a training step each thread reads that the other
+  wrote (the neuron partition's cross-core traffic): what moving them costs at that rate;
 - a 64-sample gradient step alone, and two of them at once in two threads on two copies of the model
   (the batch split between the threads, no activations shared): what such a split could give.
 
@@ -95,6 +100,135 @@ def per_layer(model, X, y, order, batches):
                 backward=list(backward * us), other=(total - gather - loss - forward.sum() - backward.sum()) * us)
 
 
+def warm_repeat(model, X, y, order, batches):
+    """Microseconds per batch of all kernels of a step, each as called and again at once.
+
+    lr 0 leaves the weights as they are, so the second call of a kernel does the first one's
+    work on data it has just touched; the backward pass's second call writes its delta into a
+    scratch buffer (the first one's is the layer below's input).
+    """
+    import numpy as np
+
+    from wasap import kernels
+    from wasap.kernels import gather_transposed
+    from wasap.model import stream_seed
+
+    ws = model.workspace(BATCH, training=True)
+    scratch = [kernels.aligned_empty(buffer.shape) for buffer in ws.derivs[:-1]]
+    full = kernels.DROPOUT_RESOLUTION
+    keep, scale = int(round(0.7 * full)), 1 / 0.7
+    empty = np.empty(0, dtype=np.float32)
+    last = len(model.layers) - 1
+    for repeat in range(2):  # the first pass compiles and warms the caches
+        first = again = 0.0
+        for i in range(batches):
+            rows = order[(i % 468) * BATCH:(i % 468 + 1) * BATCH]
+            x_t = gather_transposed(X, rows, ws.x_t)
+            a_prev = x_t
+            for l, layer in enumerate(model.layers):
+                act, slope = model._codes[l]
+                times = []
+                for call in range(2):
+                    t = time.perf_counter()
+                    kernels.forward_layer(layer.col_indptr, layer.col_rows, layer.col_perm, layer.data, layer.bias,
+                                          a_prev, act, slope, ws.activations[l + 1], ws.derivs[l + 1], True,
+                                          full if l == last else keep, 1.0 if l == last else scale,
+                                          stream_seed(i, l))
+                    times.append(time.perf_counter() - t)
+                first += times[0]
+                again += times[1]
+                a_prev = ws.activations[l + 1]
+            model.loss_and_delta(a_prev, y[rows], ws)
+            delta = ws.delta_out
+            for l in range(last, -1, -1):
+                layer = model.layers[l]
+                below = ws.derivs[l]
+                times = []
+                for out in (below, scratch[l]):
+                    t = time.perf_counter()
+                    kernels.backward_layer(layer.indptr, layer.indices, layer.data, layer.velocity,
+                                           ws.activations[l] if l > 0 else x_t, delta, below, out, l > 0,
+                                           kernels.MODE_UPDATE, empty, 0.0, 0.9, 2e-4, layer.bias,
+                                           layer.bias_velocity, empty)
+                    times.append(time.perf_counter() - t)
+                first += times[0]
+                again += times[1]
+                delta = below
+    return dict(in_sequence=1e6 * first / batches, again=1e6 * again / batches)
+
+
+def cross_core_read():
+    """Microseconds for each of two threads to read 256 KB the other thread has just written, and 256 KB
+    it wrote itself (median of 300)."""
+    import numba
+    import numpy as np
+
+    from wasap.kernels import aligned_empty
+
+    write, read = _cross_core_kernels()
+    rows = 1000  # 512-byte rows, half written by each thread
+    a = aligned_empty((rows, BATCH))
+    sink = aligned_empty((2, BATCH))
+    result = {}
+    for remote in (False, True):
+        times = []
+        for i in range(320):
+            write(a, np.float32(i))
+            t = time.perf_counter()
+            read(a, sink, remote)
+            if i >= 20:
+                times.append(time.perf_counter() - t)
+        result["remote" if remote else "own"] = 1e6 * float(np.median(times))
+    result["bytes"] = rows // 2 * BATCH * 4
+    assert numba.get_num_threads() == 2
+    return result
+
+
+def _cross_core_kernels():
+    from numba import njit, prange
+
+    from wasap.kernels import vadd, vload, vsplat, vstore, vzeros128
+
+    @njit(parallel=True)
+    def write(a, value):
+        n = a.shape[0]
+        block = vsplat(vzeros128(), value)
+        for t in prange(2):  # numba's static schedule: thread t gets half t, as the kernels' prange does
+            for r in range(t * n // 2, (t + 1) * n // 2):
+                vstore(a, r, 0, block)
+
+    @njit(parallel=True)
+    def read(a, sink, remote):
+        n = a.shape[0]
+        for t in prange(2):
+            half = 1 - t if remote else t
+            acc = vzeros128()
+            for r in range(half * n // 2, (half + 1) * n // 2):
+                acc = vadd(acc, vload(a, r, 0, acc))  # whole rows, as the kernels read them
+            vstore(sink, t, 0, acc)
+
+    return write, read
+
+
+def cross_core_bytes(model):
+    """Bytes of one training step that each of two threads reads from cache lines the other wrote.
+
+    Layers are split over their neurons (forward: output neurons, backward: input neurons),
+    and the batch gather over samples. Each thread reads every row of a layer's input in the
+    forward pass and every row of its delta in the backward pass (with 20 or more connections a
+    neuron, every row is used), half of them written by the other thread; the gather writes half of
+    every input row; the forward pass reads the weights in column order, half of them updated
+    by the other thread in the backward pass before.
+    """
+    row = BATCH * 4
+    sizes = model.sizes
+    total = 2 * sizes[0] * row // 2  # the input batch: forward of layer 1, backward of layer 1
+    total += sum(n * row // 2 for n in sizes[1:-1])  # forward: hidden activations
+    total += sum(n * row // 2 for n in sizes[1:])  # backward: deltas (the output's by the main thread)
+    total += sum(layer.nnz * 4 // 2 for layer in model.layers)  # forward: weights updated by the other
+    return total
+
+
 def fresh_input(model, batches):
     """Layer 2's forward right after layer 1 wrote its input, and again at once (microseconds)."""
     import numpy as np
@@ -163,8 +297,10 @@ def worker(threads, batches):
     kernels.set_threads(threads)
     X, y, model, order = _setup()
     result = dict(threads=threads, per_layer=per_layer(model, X, y, order, batches),
-                  fresh_input=fresh_input(model, batches))
+                  fresh_input=fresh_input(model, batches), warm_repeat=warm_repeat(model, X, y, order, batches))
     if threads == 2:
+        result["cross_core"] = cross_core_read()
+        result["cross_core_bytes"] = cross_core_bytes(model)
         kernels.set_threads(1)
         result["split_batch"] = split_batch(model, X, y, order, batches)
     return result
@@ -200,6 +336,20 @@ def main(argv=None):
         fresh = result["fresh_input"]
         print(f"{threads} thread(s): layer 2's forward right after layer 1 wrote its input {fresh['after_write']:.0f}, "
               f"again at once {fresh['again']:.0f}")
+    for threads, result in results.items():
+        warm = result["warm_repeat"]
+        print(f"{threads} thread(s): all kernels of a step {warm['in_sequence']:.0f}, each run again at once "
+              f"{warm['again']:.0f}")
+    warm1, warm2 = results[1]["warm_repeat"], results[2]["warm_repeat"]
+    print(f"two threads vs one, kernels only: {warm1['in_sequence'] / warm2['in_sequence']:.2f}x as called, "
+          f"{warm1['again'] / warm2['again']:.2f}x run again at once")
+    cross = results[2]["cross_core"]
+    rate = cross["bytes"] / cross["remote"] / 1e3  # GB/s
+    moved = results[2]["cross_core_bytes"]
+    print(f"cross-core: 256 KB the other core just wrote read in {cross['remote']:.1f} us ({rate:.0f} GB/s), "
+          f"256 KB of its own in {cross['own']:.1f} us ({cross['bytes'] / cross['own'] / 1e3:.0f} GB/s); a "
+          f"step makes each thread read {moved / 2**20:.2f} MiB the other wrote: {moved / rate / 1e3:.0f} us "
+          f"a batch at that rate")
     split = results[2]["split_batch"]
     print(f"batch split between two threads: one thread, 128 samples {split['one_thread_128']:.0f}, 64 samples "
           f"{split['one_thread_64']:.0f}; two threads at once, 64 samples each {split['two_threads_64_each']:.0f} "
