@@ -327,6 +327,26 @@ def test_column_view_matches_scipy_tocsc(mask_name):
     np.testing.assert_array_equal(col_indptr, csc.indptr)
     np.testing.assert_array_equal(col_rows, csc.indices)
     np.testing.assert_array_equal(col_perm, csc.data.astype(np.int64))
+    assert col_perm.dtype == np.int32  # 4 bytes a weight below 2**31 nonzeros
+
+
+def test_column_view_of_more_than_2_31_weights_takes_int64_positions_with_the_same_values():
+    # 2**31 nonzeros do not fit this machine: fill the int64 variant directly and run the
+    # forward pass on it, against the int32 view of the same layer.
+    rng = np.random.default_rng(3)
+    layer, _ = _layer_from_mask(MASKS["random"], rng)
+    col_indptr = np.zeros(layer.n_out + 1, dtype=np.int64)
+    col_rows = np.empty(layer.nnz, dtype=np.int32)
+    col_perm = np.empty(layer.nnz, dtype=np.int64)
+    kernels._fill_column_view(layer.indptr, layer.indices, col_indptr, col_rows, col_perm)
+    np.testing.assert_array_equal(col_indptr, layer.col_indptr)
+    np.testing.assert_array_equal(col_rows, layer.col_rows)
+    np.testing.assert_array_equal(col_perm, layer.col_perm)
+    a_prev = _inputs(layer.n_in, 37, rng)
+    expected, _ = _forward(layer, a_prev, kernels.ACT_PIECEWISE, 0.3)
+    layer.col_perm = col_perm
+    got, _ = _forward(layer, a_prev, kernels.ACT_PIECEWISE, 0.3)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_column_view_empty_layer():

