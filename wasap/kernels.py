@@ -961,9 +961,10 @@ def gather_rows_transposed(X, rows, out):
     cache-hostile strided copy: on 65536 x 128 batches (``tools/scale.py --rows wide``,
     its gather column) this takes 23.6 ms on one thread and 13.5 ms on two, against
     numpy's 52 and 50 ms. On narrow inputs it wins only with more than one thread
-    (numpy's copy is serial): 784 x 128 from a 60000-row X, 38 us on two threads
-    against numpy's 70; on one thread 65 against 69 on an Intel host, 110-140 against
-    95 on an AMD one, so one thread keeps numpy there (:func:`gather_transposed`).
+    (numpy's copy is serial): 784 x 128 from a 60000-row X in cache, 38 us on two
+    threads against numpy's 70 (76 against 100 within training, where the rows come
+    from memory); on one thread 65 against 69 on an Intel host, 110-140 against 95 on
+    an AMD one, so one thread keeps numpy there (:func:`gather_transposed`).
 
     Parameters
     ----------
