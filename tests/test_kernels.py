@@ -445,7 +445,7 @@ print(json.dumps(dict(layer=layer, chosen=chosen, warnings=[str(w.message) for w
 
 
 @pytest.mark.parametrize("layer", ["workqueue", "default"])
-def test_threads_default_to_one_on_numbas_slow_workqueue_layer_with_a_warning(layer):
+def test_numbas_slow_workqueue_layer_is_named_in_one_warning_and_threads_stay_as_asked(layer):
     import json
     import os
     import subprocess
@@ -458,14 +458,14 @@ def test_threads_default_to_one_on_numbas_slow_workqueue_layer_with_a_warning(la
     done = subprocess.run([sys.executable, "-c", _THREAD_CHOICE], env=env, capture_output=True, text=True,
                           check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    # Two threads are faster than one on workqueue too (it slows every kernel down): counts are kept.
+    assert result["chosen"]["none"] == result["chosen"]["two"] == 2
+    assert 1 <= result["chosen"]["default"] <= 2  # idle cores, by the load average
     if layer == "workqueue":
         assert result["layer"] == "workqueue"
-        assert result["chosen"] == dict(default=1, none=1, two=2)  # an explicit count is kept
         assert len(result["warnings"]) == 1
         assert "workqueue" in result["warnings"][0] and "libgomp1" in result["warnings"][0]
     else:
         if result["layer"] == "workqueue":
             pytest.skip("this numba has neither OpenMP nor TBB: the fast path cannot be tested here")
-        assert result["chosen"]["none"] == result["chosen"]["two"] == 2
-        assert 1 <= result["chosen"]["default"] <= 2  # idle cores, by the load average
         assert result["warnings"] == []

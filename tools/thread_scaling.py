@@ -3,7 +3,10 @@
 For 784-1000-1000-1000-10 (epsilon 20, batch 128, dropout 0.3, random data) it prints, per thread
 count (each in a fresh process, since numba fixes its thread pool per process):
 
-- each layer's forward and backward kernel per batch, the batch gather, the loss, and the rest;
+- each layer's forward and backward kernel per batch, the batch gather, the loss, and the rest (this
+  tool's own Python between the calls included);
+- what an empty parallel kernel costs on numba's threading layer (run with
+  NUMBA_THREADING_LAYER=workqueue to see the layer numba falls back to without OpenMP);
 - layer 2's forward pass right after layer 1 wrote its input (half of it written by the other core
   when two threads run) and again at once (the input now in this core's cache): the cost of reading
   activations another core has just written;
@@ -46,58 +49,74 @@ def _setup():
     return X, y, model, rng.permutation(60000)
 
 
-def per_layer(model, X, y, order, batches):
-    """Microseconds per batch of each kernel call, in a real sequence of training steps (lr 0)."""
+def _training_step(model, ws, X, y, rows, step, run):
+    """One training step at lr 0 (the weights stay as they are), every call handed to ``run``.
+
+    ``run(part, l, call)`` must call ``call()`` at least once; ``part`` is ``"gather"``,
+    ``"forward"``, ``"loss"`` or ``"backward"`` and ``l`` the layer. A backward call takes an
+    optional buffer for the delta it writes (by default the layer below's, in place).
+    """
     import numpy as np
 
     from wasap import kernels
     from wasap.kernels import gather_transposed
     from wasap.model import stream_seed
 
-    ws = model.workspace(BATCH, training=True)
     full = kernels.DROPOUT_RESOLUTION
     keep, scale = int(round(0.7 * full)), 1 / 0.7
-    n_layers = len(model.layers)
-    forward, backward = np.zeros(n_layers), np.zeros(n_layers)
-    gather = loss = 0.0
     empty = np.empty(0, dtype=np.float32)
-    last = n_layers - 1
+    last = len(model.layers) - 1
+    run("gather", None, lambda: gather_transposed(X, rows, ws.x_t))
+    a_prev = ws.x_t
+    for l, layer in enumerate(model.layers):
+        act, slope = model._codes[l]
+        run("forward", l, lambda: kernels.forward_layer(
+            layer.col_indptr, layer.col_rows, layer.col_perm, layer.data, layer.bias, a_prev, act, slope,
+            ws.activations[l + 1], ws.derivs[l + 1], True, full if l == last else keep,
+            1.0 if l == last else scale, stream_seed(step, l)))
+        a_prev = ws.activations[l + 1]
+    run("loss", None, lambda: model.loss_and_delta(a_prev, y[rows], ws))
+    delta = ws.delta_out
+    for l in range(last, -1, -1):
+        layer = model.layers[l]
+        below = ws.derivs[l]
+        run("backward", l, lambda out=below: kernels.backward_layer(
+            layer.indptr, layer.indices, layer.data, layer.velocity, ws.activations[l] if l > 0 else ws.x_t,
+            delta, below, out, l > 0, kernels.MODE_UPDATE, empty, 0.0, 0.9, 2e-4, layer.bias,
+            layer.bias_velocity, empty))
+        delta = below
+
+
+def _batch_rows(order, i):
+    return order[(i % 468) * BATCH:(i % 468 + 1) * BATCH]
+
+
+def per_layer(model, X, y, order, batches):
+    """Microseconds per batch of each kernel call, in a real sequence of training steps (lr 0)."""
+    import numpy as np
+
+    ws = model.workspace(BATCH, training=True)
+    n_layers = len(model.layers)
     for repeat in range(2):  # the first pass compiles and warms the caches
-        forward[:] = backward[:] = 0.0
-        gather = loss = 0.0
+        seconds = dict(gather=0.0, loss=0.0, forward=np.zeros(n_layers), backward=np.zeros(n_layers))
+
+        def run(part, l, call):
+            t = time.perf_counter()
+            call()
+            if l is None:
+                seconds[part] += time.perf_counter() - t
+            else:
+                seconds[part][l] += time.perf_counter() - t
+
         started = time.perf_counter()
         for i in range(batches):
-            rows = order[(i % 468) * BATCH:(i % 468 + 1) * BATCH]
-            t = time.perf_counter()
-            x_t = gather_transposed(X, rows, ws.x_t)
-            gather += time.perf_counter() - t
-            a_prev = x_t
-            for l, layer in enumerate(model.layers):
-                act, slope = model._codes[l]
-                t = time.perf_counter()
-                kernels.forward_layer(layer.col_indptr, layer.col_rows, layer.col_perm, layer.data, layer.bias,
-                                      a_prev, act, slope, ws.activations[l + 1], ws.derivs[l + 1], True,
-                                      full if l == last else keep, 1.0 if l == last else scale, stream_seed(i, l))
-                forward[l] += time.perf_counter() - t
-                a_prev = ws.activations[l + 1]
-            t = time.perf_counter()
-            model.loss_and_delta(a_prev, y[rows], ws)
-            loss += time.perf_counter() - t
-            delta = ws.delta_out
-            for l in range(last, -1, -1):
-                layer = model.layers[l]
-                below = ws.derivs[l]
-                t = time.perf_counter()
-                kernels.backward_layer(layer.indptr, layer.indices, layer.data, layer.velocity,
-                                       ws.activations[l] if l > 0 else x_t, delta, below, below, l > 0,
-                                       kernels.MODE_UPDATE, empty, 0.0, 0.9, 2e-4, layer.bias,
-                                       layer.bias_velocity, empty)
-                backward[l] += time.perf_counter() - t
-                delta = below
+            _training_step(model, ws, X, y, _batch_rows(order, i), i, run)
         total = time.perf_counter() - started
     us = 1e6 / batches
-    return dict(total=total * us, gather=gather * us, loss=loss * us, forward=list(forward * us),
-                backward=list(backward * us), other=(total - gather - loss - forward.sum() - backward.sum()) * us)
+    accounted = seconds["gather"] + seconds["loss"] + seconds["forward"].sum() + seconds["backward"].sum()
+    return dict(total=total * us, gather=seconds["gather"] * us, loss=seconds["loss"] * us,
+                forward=list(seconds["forward"] * us), backward=list(seconds["backward"] * us),
+                other=(total - accounted) * us)
 
 
 def warm_repeat(model, X, y, order, batches):
@@ -107,54 +126,46 @@ def warm_repeat(model, X, y, order, batches):
     work on data it has just touched; the backward pass's second call writes its delta into a
     scratch buffer (the first one's is the layer below's input).
     """
-    import numpy as np
-
     from wasap import kernels
-    from wasap.kernels import gather_transposed
-    from wasap.model import stream_seed
 
     ws = model.workspace(BATCH, training=True)
     scratch = [kernels.aligned_empty(buffer.shape) for buffer in ws.derivs[:-1]]
-    full = kernels.DROPOUT_RESOLUTION
-    keep, scale = int(round(0.7 * full)), 1 / 0.7
-    empty = np.empty(0, dtype=np.float32)
-    last = len(model.layers) - 1
     for repeat in range(2):  # the first pass compiles and warms the caches
-        first = again = 0.0
+        seconds = dict(first=0.0, again=0.0)
+
+        def run(part, l, call):
+            if part in ("gather", "loss"):
+                call()
+                return
+            for key, args in (("first", ()), ("again", (scratch[l],) if part == "backward" else ())):
+                t = time.perf_counter()
+                call(*args)
+                seconds[key] += time.perf_counter() - t
+
         for i in range(batches):
-            rows = order[(i % 468) * BATCH:(i % 468 + 1) * BATCH]
-            x_t = gather_transposed(X, rows, ws.x_t)
-            a_prev = x_t
-            for l, layer in enumerate(model.layers):
-                act, slope = model._codes[l]
-                times = []
-                for call in range(2):
-                    t = time.perf_counter()
-                    kernels.forward_layer(layer.col_indptr, layer.col_rows, layer.col_perm, layer.data, layer.bias,
-                                          a_prev, act, slope, ws.activations[l + 1], ws.derivs[l + 1], True,
-                                          full if l == last else keep, 1.0 if l == last else scale,
-                                          stream_seed(i, l))
-                    times.append(time.perf_counter() - t)
-                first += times[0]
-                again += times[1]
-                a_prev = ws.activations[l + 1]
-            model.loss_and_delta(a_prev, y[rows], ws)
-            delta = ws.delta_out
-            for l in range(last, -1, -1):
-                layer = model.layers[l]
-                below = ws.derivs[l]
-                times = []
-                for out in (below, scratch[l]):
-                    t = time.perf_counter()
-                    kernels.backward_layer(layer.indptr, layer.indices, layer.data, layer.velocity,
-                                           ws.activations[l] if l > 0 else x_t, delta, below, out, l > 0,
-                                           kernels.MODE_UPDATE, empty, 0.0, 0.9, 2e-4, layer.bias,
-                                           layer.bias_velocity, empty)
-                    times.append(time.perf_counter() - t)
-                first += times[0]
-                again += times[1]
-                delta = below
-    return dict(in_sequence=1e6 * first / batches, again=1e6 * again / batches)
+            _training_step(model, ws, X, y, _batch_rows(order, i), i, run)
+    return dict(in_sequence=1e6 * seconds["first"] / batches, again=1e6 * seconds["again"] / batches)
+
+
+def launch_cost():
+    """Microseconds for a parallel kernel that does nothing: what the threading layer costs a call."""
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def nothing(a):
+        for i in prange(a.shape[0]):
+            a[i] += 1.0
+
+    a = np.zeros(16, dtype=np.float32)
+    for _ in range(100):
+        nothing(a)
+    times = []
+    for _ in range(2000):
+        t = time.perf_counter()
+        nothing(a)
+        times.append(time.perf_counter() - t)
+    return 1e6 * float(np.median(times))
 
 
 def cross_core_read():
@@ -296,13 +307,15 @@ def worker(threads, batches):
 
     kernels.set_threads(threads)
     X, y, model, order = _setup()
-    result = dict(threads=threads, per_layer=per_layer(model, X, y, order, batches),
-                  fresh_input=fresh_input(model, batches), warm_repeat=warm_repeat(model, X, y, order, batches))
+    result = dict(threads=threads, layer=kernels.threading_layer(), launch=launch_cost(),
+                  per_layer=per_layer(model, X, y, order, batches), fresh_input=fresh_input(model, batches),
+                  warm_repeat=warm_repeat(model, X, y, order, batches))
     if threads == 2:
         result["cross_core"] = cross_core_read()
         result["cross_core_bytes"] = cross_core_bytes(model)
-        kernels.set_threads(1)
-        result["split_batch"] = split_batch(model, X, y, order, batches)
+        if result["layer"] != kernels.SLOW_THREADING_LAYER:  # workqueue aborts on kernels from two threads
+            kernels.set_threads(1)
+            result["split_batch"] = split_batch(model, X, y, order, batches)
     return result
 
 
@@ -324,7 +337,8 @@ def main(argv=None):
                                     str(args.batches)], env=env, capture_output=True, text=True, check=True)
         results[threads] = json.loads(completed.stdout.strip().splitlines()[-1])
     print(f"784-1000-1000-1000-10, epsilon 20, batch {BATCH}, microseconds per batch; "
-          f"load average {os.getloadavg()[0]:.2f}")
+          f"load average {os.getloadavg()[0]:.2f}; numba threading layer {results[1]['layer']}, an empty "
+          f"parallel kernel {results[1]['launch']:.1f} on one thread, {results[2]['launch']:.1f} on two")
     for threads, result in results.items():
         row = result["per_layer"]
         print(f"{threads} thread(s): total {row['total']:.0f}; gather {row['gather']:.0f}; forward "
@@ -350,7 +364,11 @@ def main(argv=None):
           f"256 KB of its own in {cross['own']:.1f} us ({cross['bytes'] / cross['own'] / 1e3:.0f} GB/s); a "
           f"step makes each thread read {moved / 2**20:.2f} MiB the other wrote: {moved / rate / 1e3:.0f} us "
           f"a batch at that rate")
-    split = results[2]["split_batch"]
+    split = results[2].get("split_batch")
+    if split is None:
+        print("batch split between two threads: not measured (numba's workqueue layer allows kernels from one "
+              "Python thread only)")
+        return
     print(f"batch split between two threads: one thread, 128 samples {split['one_thread_128']:.0f}, 64 samples "
           f"{split['one_thread_64']:.0f}; two threads at once, 64 samples each {split['two_threads_64_each']:.0f} "
           f"-> {split['one_thread_128'] / split['two_threads_64_each']:.2f}x")

@@ -66,9 +66,10 @@ def threading_layer():
     numba chooses it at the first parallel kernel (TBB, else OpenMP, else its own
     workqueue) and keeps it for the life of the process; this runs a trivial kernel if
     none has run yet. workqueue wakes its threads through the operating system at every
-    kernel: on a 2-core VM a launch took 130 us against OpenMP's 1.7, and a training
-    epoch of the Fashion-MNIST shape on two threads ran 2.5 times slower than with
-    OpenMP, slower than on one thread (``NUMBA_THREADING_LAYER=workqueue``).
+    kernel, even with one thread: on a 2-core VM an empty kernel took 137-143 us against
+    OpenMP's 0.7-1.7, and the Fashion-MNIST shape's training step 3320 us on one thread and
+    2958 on two, against 1608 and 1048 with OpenMP (``tools/thread_scaling.py`` with and
+    without ``NUMBA_THREADING_LAYER=workqueue``).
     """
     try:
         return numba.threading_layer()
@@ -77,17 +78,17 @@ def threading_layer():
         return numba.threading_layer()
 
 
-def warn_slow_threading_layer(consequence):
-    """Warn, once a process, that numba runs on workqueue: ``consequence`` for wasap, and the remedy."""
+def _warn_if_slow_threading_layer():
+    """Warn, once a process, when numba runs on workqueue, and say what to install."""
     global _warned_slow_layer
-    if not _warned_slow_layer:
+    if not _warned_slow_layer and threading_layer() == SLOW_THREADING_LAYER:
         _warned_slow_layer = True
         warnings.warn(
             f"numba runs its threads on its '{SLOW_THREADING_LAYER}' layer (taken when it finds neither an "
-            f"OpenMP nor a TBB runtime, or when NUMBA_THREADING_LAYER asks for it), which starts every parallel "
-            f"kernel through the operating system: {consequence} "
-            "Install an OpenMP runtime (Debian/Ubuntu: apt install libgomp1; macOS: brew install libomp) "
-            "and start again.", RuntimeWarning, stacklevel=3)
+            "OpenMP nor a TBB runtime, or when NUMBA_THREADING_LAYER asks for it), which starts every parallel "
+            "kernel through the operating system, on one thread as on several: training runs about half as "
+            "fast as with OpenMP. Install an OpenMP runtime (Debian/Ubuntu: apt install libgomp1; macOS: "
+            "brew install libomp) and start again.", RuntimeWarning, stacklevel=3)
 
 
 def set_threads(n_threads):
@@ -100,8 +101,8 @@ def set_threads(n_threads):
     ----------
     n_threads : int or None
         Threads, 1 to ``numba.config.NUMBA_NUM_THREADS``. ``None`` means one
-        thread per core this process may run on, or one thread when numba runs on
-        its slow workqueue layer (:func:`threading_layer`; with a warning).
+        thread per core this process may run on. On numba's slow workqueue layer
+        (:func:`threading_layer`) the first call warns.
 
     Returns
     -------
@@ -111,14 +112,10 @@ def set_threads(n_threads):
     available = numba.config.NUMBA_NUM_THREADS
     if n_threads is None:
         n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        if n_threads > 1 and threading_layer() == SLOW_THREADING_LAYER:
-            warn_slow_threading_layer("wasap uses one kernel thread, which is faster there than several.")
-            n_threads = 1
     n_threads = int(n_threads)
     if n_threads < 1:
         raise ValueError(f"threads must be >= 1, got {n_threads}.")
-    if n_threads > 1 and threading_layer() == SLOW_THREADING_LAYER:
-        warn_slow_threading_layer(f"{n_threads} threads may well be slower than one.")
+    _warn_if_slow_threading_layer()
     if n_threads > available:
         raise ValueError(
             f"threads={n_threads} exceeds the {available} threads numba was started with; "
@@ -961,10 +958,10 @@ def gather_rows_transposed(X, rows, out):
     cache-hostile strided copy: on 65536 x 128 batches (``tools/scale.py --rows wide``,
     its gather column) this takes 23.6 ms on one thread and 13.5 ms on two, against
     numpy's 52 and 50 ms. On narrow inputs it wins only with more than one thread
-    (numpy's copy is serial): 784 x 128 from a 60000-row X in cache, 38 us on two
-    threads against numpy's 70 (76 against 100 within training, where the rows come
-    from memory); on one thread 65 against 69 on an Intel host, 110-140 against 95 on
-    an AMD one, so one thread keeps numpy there (:func:`gather_transposed`).
+    (numpy's copy is serial): 784 x 128 batches of a 60000-row X within training, 71-76 us
+    on two threads against numpy's 100 (``tools/thread_scaling.py``, gather column); on
+    one thread it took 110-140 us against numpy's 95 on an AMD host, so one thread keeps
+    numpy there (:func:`gather_transposed`).
 
     Parameters
     ----------

@@ -26,13 +26,8 @@ def default_threads():
     """One kernel thread per idle core this process may use, at least one.
 
     numba's threads slow down many-fold when another process competes for
-    their cores, so busy cores (by the 1-minute load average) are left out; and
-    on numba's slow workqueue layer one thread is faster than several (see
-    :func:`wasap.kernels.threading_layer`).
+    their cores, so busy cores (by the 1-minute load average) are left out.
     """
-    if kernels.threading_layer() == kernels.SLOW_THREADING_LAYER:
-        kernels.warn_slow_threading_layer("wasap uses one kernel thread, which is faster there than several.")
-        return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         busy = int(math.floor(os.getloadavg()[0] + 0.5))
