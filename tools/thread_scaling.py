@@ -15,6 +15,9 @@ count (each in a fresh process, since numba fixes its thread pool per process):
 - with two threads, the rate at which a core reads 256 KB the other core has just written, against
   256 KB it wrote itself, and how many bytes of a training step each thread reads that the other
   wrote (the neuron partition's cross-core traffic): what moving them costs at that rate;
+- a training step on one set of batch buffers (activations, derivatives: what the model caches) and
+  on two sets used in turn (3.4 MiB more data a step): how much a step's speed depends on its data
+  staying in this core's caches from one step to the next;
 - a 64-sample gradient step alone, and two of them at once in two threads on two copies of the model
   (the batch split between the threads, no activations shared): what such a split could give.
 
@@ -145,6 +148,26 @@ def warm_repeat(model, X, y, order, batches):
         for i in range(batches):
             _training_step(model, ws, X, y, _batch_rows(order, i), i, run)
     return dict(in_sequence=1e6 * seconds["first"] / batches, again=1e6 * seconds["again"] / batches)
+
+
+def two_workspaces(model, X, y, order, batches):
+    """Microseconds per training step on one workspace, and on two used in turn; the second's bytes."""
+    from wasap.model import Workspace
+
+    pair = (model.workspace(BATCH, training=True), Workspace(model.sizes, BATCH, training=True))
+
+    def run(part, l, call):
+        call()
+
+    result = dict(extra_bytes=sum(a.nbytes for a in [pair[1].x_t, *pair[1].activations[1:], *pair[1].derivs[1:],
+                                                     pair[1].delta_out]))
+    for key, spaces in (("one", pair[:1]), ("two", pair)):
+        for repeat in range(2):  # the first pass warms the caches
+            started = time.perf_counter()
+            for i in range(batches):
+                _training_step(model, spaces[i % len(spaces)], X, y, _batch_rows(order, i), i, run)
+            result[key] = 1e6 * (time.perf_counter() - started) / batches
+    return result
 
 
 def launch_cost():
@@ -309,7 +332,8 @@ def worker(threads, batches):
     X, y, model, order = _setup()
     result = dict(threads=threads, layer=kernels.threading_layer(), launch=launch_cost(),
                   per_layer=per_layer(model, X, y, order, batches), fresh_input=fresh_input(model, batches),
-                  warm_repeat=warm_repeat(model, X, y, order, batches))
+                  warm_repeat=warm_repeat(model, X, y, order, batches),
+                  two_workspaces=two_workspaces(model, X, y, order, batches))
     if threads == 2:
         result["cross_core"] = cross_core_read()
         result["cross_core_bytes"] = cross_core_bytes(model)
@@ -357,6 +381,11 @@ def main(argv=None):
     warm1, warm2 = results[1]["warm_repeat"], results[2]["warm_repeat"]
     print(f"two threads vs one, kernels only: {warm1['in_sequence'] / warm2['in_sequence']:.2f}x as called, "
           f"{warm1['again'] / warm2['again']:.2f}x run again at once")
+    for threads, result in results.items():
+        spaces = result["two_workspaces"]
+        print(f"{threads} thread(s): a step on one set of batch buffers {spaces['one']:.0f}, on two used in turn "
+              f"({spaces['extra_bytes'] / 2**20:.1f} MiB more) {spaces['two']:.0f}: "
+              f"{100 * (spaces['two'] / spaces['one'] - 1):+.0f}%")
     cross = results[2]["cross_core"]
     rate = cross["bytes"] / cross["remote"] / 1e3  # GB/s
     moved = results[2]["cross_core_bytes"]
