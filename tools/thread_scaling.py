@@ -16,7 +16,7 @@ count (each in a fresh process, since numba fixes its thread pool per process):
   256 KB it wrote itself, and how many bytes of a training step each thread reads that the other
   wrote (the neuron partition's cross-core traffic): what moving them costs at that rate;
 - a training step on one set of batch buffers (activations, derivatives: what the model caches) and
-  on two sets used in turn (3.4 MiB more data a step): how much a step's speed depends on its data
+  on two sets used in turn (3.3 MiB more data a step): how much a step's speed depends on its data
   staying in this core's caches from one step to the next;
 - a 64-sample gradient step alone, and two of them at once in two threads on two copies of the model
   (the batch split between the threads, no activations shared): what such a split could give.
