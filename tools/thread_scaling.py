@@ -343,6 +343,12 @@ def worker(threads, batches):
     return result
 
 
+def _per_thread(results, key, describe):
+    """Print ``describe(result[key])`` for each thread count's result, one line each."""
+    for threads, result in results.items():
+        print(f"{threads} thread(s): {describe(result[key])}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -363,29 +369,24 @@ def main(argv=None):
     print(f"784-1000-1000-1000-10, epsilon 20, batch {BATCH}, microseconds per batch; "
           f"load average {os.getloadavg()[0]:.2f}; numba threading layer {results[1]['layer']}, an empty "
           f"parallel kernel {results[1]['launch']:.1f} on one thread, {results[2]['launch']:.1f} on two")
-    for threads, result in results.items():
-        row = result["per_layer"]
-        print(f"{threads} thread(s): total {row['total']:.0f}; gather {row['gather']:.0f}; forward "
-              f"{' / '.join(f'{v:.0f}' for v in row['forward'])}; loss {row['loss']:.0f}; backward "
-              f"{' / '.join(f'{v:.0f}' for v in row['backward'])}; other {row['other']:.0f}")
+    _per_thread(results, "per_layer", lambda row: (
+        f"total {row['total']:.0f}; gather {row['gather']:.0f}; forward "
+        f"{' / '.join(f'{v:.0f}' for v in row['forward'])}; loss {row['loss']:.0f}; backward "
+        f"{' / '.join(f'{v:.0f}' for v in row['backward'])}; other {row['other']:.0f}"))
     one, two = results[1]["per_layer"]["total"], results[2]["per_layer"]["total"]
     print(f"two threads vs one: {one / two:.2f}x")
-    for threads, result in results.items():
-        fresh = result["fresh_input"]
-        print(f"{threads} thread(s): layer 2's forward right after layer 1 wrote its input {fresh['after_write']:.0f}, "
-              f"again at once {fresh['again']:.0f}")
-    for threads, result in results.items():
-        warm = result["warm_repeat"]
-        print(f"{threads} thread(s): all kernels of a step {warm['in_sequence']:.0f}, each run again at once "
-              f"{warm['again']:.0f}")
+    _per_thread(results, "fresh_input", lambda fresh: (
+        f"layer 2's forward right after layer 1 wrote its input {fresh['after_write']:.0f}, "
+        f"again at once {fresh['again']:.0f}"))
+    _per_thread(results, "warm_repeat", lambda warm: (
+        f"all kernels of a step {warm['in_sequence']:.0f}, each run again at once {warm['again']:.0f}"))
     warm1, warm2 = results[1]["warm_repeat"], results[2]["warm_repeat"]
     print(f"two threads vs one, kernels only: {warm1['in_sequence'] / warm2['in_sequence']:.2f}x as called, "
           f"{warm1['again'] / warm2['again']:.2f}x run again at once")
-    for threads, result in results.items():
-        spaces = result["two_workspaces"]
-        print(f"{threads} thread(s): a step on one set of batch buffers {spaces['one']:.0f}, on two used in turn "
-              f"({spaces['extra_bytes'] / 2**20:.1f} MiB more) {spaces['two']:.0f}: "
-              f"{100 * (spaces['two'] / spaces['one'] - 1):+.0f}%")
+    _per_thread(results, "two_workspaces", lambda spaces: (
+        f"a step on one set of batch buffers {spaces['one']:.0f}, on two used in turn "
+        f"({spaces['extra_bytes'] / 2**20:.1f} MiB more) {spaces['two']:.0f}: "
+        f"{100 * (spaces['two'] / spaces['one'] - 1):+.0f}%"))
     cross = results[2]["cross_core"]
     rate = cross["bytes"] / cross["remote"] / 1e3  # GB/s
     moved = results[2]["cross_core_bytes"]
