@@ -1,4 +1,4 @@
-"""Bad input gets an error that names the problem (the Python API's side; the CLI's is in test_run)."""
+"""Bad input gets an error that names the problem (the Python API's side; the CLI's is in test_cli and test_run)."""
 
 import types
 import warnings
@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from wasap import DataError, SparseMLP, TrainConfig, fit
+from wasap import DataError, SparseMLP, TrainConfig, fit, load_dataset
 from wasap.config import ConfigError
 from wasap.topology import DensityCapWarning
 
@@ -107,3 +107,45 @@ def test_divergence_stops_and_keeps_the_last_good_model():
     assert summary["stopped"] == "diverged"
     assert model.is_finite()
     assert any("diverged" in line for line in lines)
+
+
+# -- csv files: the message names the file's own line (from 1, the header included) and column (from 1) ----------
+
+
+def csv_with(tmp_path, hole_row, hole_column, text, *, header=True, delimiter=","):
+    """A csv of 6 rows x 3 features + label whose (hole_row, hole_column) field is ``text``; its path, line, column."""
+    rows = [[str(r + c) for c in range(3)] + ["yes" if r % 2 else "no"] for r in range(6)]
+    rows[hole_row][hole_column] = text
+    lines = ([delimiter.join(["a", "b", "c", "label"])] if header else []) + [delimiter.join(r) for r in rows]
+    path = tmp_path / "table.csv"
+    path.write_text("\n".join(lines) + "\n")
+    line = lines.index(delimiter.join(rows[hole_row])) + 1
+    return path, line, hole_column + 1
+
+
+@pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize("delimiter", [",", ";"])
+def test_csv_missing_value_names_its_line_and_column(tmp_path, header, delimiter):
+    path, line, column = csv_with(tmp_path, 4, 1, "", header=header, delimiter=delimiter)
+    with pytest.raises(DataError, match=rf"missing value at line {line}, column {column}\b") as raised:
+        load_dataset(str(path))
+    assert str(path) in str(raised.value) and "drop the row" in str(raised.value)
+
+
+def test_csv_missing_label_names_its_line(tmp_path):
+    path, line, column = csv_with(tmp_path, 2, 3, "")
+    with pytest.raises(DataError, match=rf"missing label at line {line}, column {column}\b"):
+        load_dataset(str(path))
+
+
+def test_csv_text_in_a_feature_column_names_it_and_its_place(tmp_path):
+    path, line, column = csv_with(tmp_path, 5, 0, "n/a")
+    with pytest.raises(DataError, match=rf"'n/a' at line {line}, column {column}\b.*not a number"):
+        load_dataset(str(path))
+
+
+def test_csv_short_row_names_its_line(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("a,b,label\n1,2,x\n3,4,y\n5,z\n")
+    with pytest.raises(DataError, match=r"line 4 has 2 columns but line 1 has 3"):
+        load_dataset(str(path))

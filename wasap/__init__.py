@@ -11,17 +11,20 @@ WASAP-SGD, a two-phase data-parallel trainer over shared memory.
 >>> summary = wasap.fit(model, data, config, log=None)  # doctest: +SKIP
 """
 
+#: The package's version (setup.cfg reads it from here); declared before the imports so that
+#: modules can import it while the package is still being initialised.
+__version__ = "0.1.0"
+
 from .config import ConfigError, TrainConfig
 from .data import DataError, Dataset, load_dataset
-from .model import SparseLayer, SparseMLP
+from .model import ModelFileError, SparseLayer, SparseMLP
 from .parallel import WorkerFailed, fit_parallel
 from .train import SequentialTrainer, TrainingDiverged, fit
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "ConfigError", "DataError", "Dataset", "SequentialTrainer", "SparseLayer", "SparseMLP", "SparseMLPClassifier",
-    "SparseMLPRegressor", "TrainConfig", "TrainingDiverged", "WorkerFailed", "fit", "fit_parallel", "load_dataset",
+    "ConfigError", "DataError", "Dataset", "ModelFileError", "SequentialTrainer", "SparseLayer", "SparseMLP",
+    "SparseMLPClassifier", "SparseMLPRegressor", "TrainConfig", "TrainingDiverged", "WorkerFailed", "fit",
+    "fit_parallel", "load_dataset",
 ]
 
 

@@ -10,6 +10,7 @@ wrong and how to fix it.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import math
@@ -32,6 +33,7 @@ __all__ = [
     "Dataset",
     "encode_labels",
     "load_dataset",
+    "read_table",
     "standardize",
     "validate_features",
     "validate_training_data",
@@ -102,6 +104,9 @@ class Dataset:
         The original label values, sorted; ``classes[y]`` gives the user's labels back.
     description : str
         One line: where the data came from and its shape.
+    feature_mean, feature_scale : ndarray of shape (n_features,), float64, or None
+        The statistics the features were standardised with, ``(x - mean) / scale``; None when
+        the features are raw values.
     """
 
     name: str
@@ -111,6 +116,17 @@ class Dataset:
     y_test: np.ndarray
     classes: np.ndarray
     description: str = ""
+    feature_mean: np.ndarray | None = None
+    feature_scale: np.ndarray | None = None
+
+    @property
+    def preprocessing(self):
+        """The :class:`wasap.preprocessing.Preprocessing` that turns raw rows into rows of this data set."""
+        # preprocessing.py builds on this module's validation, so it is imported when first needed.
+        from .preprocessing import Preprocessing
+
+        classes = self.classes if len(self.classes) else None
+        return Preprocessing(self.n_features, mean=self.feature_mean, scale=self.feature_scale, classes=classes)
 
     @property
     def n_features(self) -> int:
@@ -450,13 +466,16 @@ def _column_mean_std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _standardize_in_place(X_train: np.ndarray, X_test: np.ndarray | None) -> None:
-    """Standardise both splits in place with ``X_train``'s per-column statistics."""
+def _standardize_in_place(X_train: np.ndarray, X_test: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise both splits in place with ``X_train``'s per-column statistics; return them (mean, std)."""
+    # preprocessing.py builds on this module's validation, so it is imported when first needed.
+    from .preprocessing import standardize_in_place
+
     mean, std = _column_mean_std(X_train)
     for X in (X_train, X_test):
         if X is not None:
-            X -= mean.astype(X.dtype)
-            X /= std.astype(X.dtype)
+            standardize_in_place(X, mean, std)
+    return mean, std
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -595,13 +614,13 @@ def _finish(splits: _Splits, *, standardize_features: bool, dtype: np.dtype) -> 
         )
     y_train_idx, y_test_idx, classes = encode_labels(y_train, y_test)
     X_train, X_test = (_writable(X.astype(dtype, copy=False)) for X in (X_train, X_test))
-    if standardize_features:
-        _standardize_in_place(X_train, X_test)
+    mean, std = _standardize_in_place(X_train, X_test) if standardize_features else (None, None)
     description = (
         f"{splits.name}: {splits.origin}; {X_train.shape[0]} train / {X_test.shape[0]} test samples x "
         f"{X_train.shape[1]} features, {len(classes)} classes"
     )
-    return Dataset(splits.name, X_train, y_train_idx, X_test, y_test_idx, classes, description)
+    return Dataset(splits.name, X_train, y_train_idx, X_test, y_test_idx, classes, description,
+                   feature_mean=mean, feature_scale=std)
 
 
 def _writable(X: np.ndarray) -> np.ndarray:
@@ -968,6 +987,118 @@ def _load_path(spec: str, *, seed: int, test_fraction: float, label_column: int)
         ) from exc
 
 
+def read_table(path, *, n_features: int | None = None, label_column: int = -1):
+    """Read every row of one data file, unsplit: the rows a trained model is to predict.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        What the trainer reads from a path, taken whole: a ``.csv`` file (header detected); an
+        svmlight/libsvm file (``.svm``, ``.svmlight``, ``.libsvm``, ``.txt``); a ``.npz`` with an
+        array ``X`` and optionally labels ``y``, or with the trainer's X_train, y_train, X_test,
+        y_test (read as one table, the train rows first); or a folder of Fashion-MNIST IDX files or
+        Madelon-style files (likewise).
+    n_features : int, optional
+        Features a row must have. A csv file with ``n_features + 1`` columns is labelled (the label in
+        ``label_column``), one with ``n_features`` columns holds features only. svmlight rows always
+        carry a label; their width is the largest index present, so narrower files are padded with
+        zero columns (the format's absent entries are zeros). None reads a csv file as labelled.
+    label_column : int
+        The csv column that holds the label in a labelled file (default the last).
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_columns), float32, C-contiguous
+    y : ndarray of shape (n_samples,), or None
+        The labels as written in the file (not encoded); None for a file without labels.
+
+    Raises
+    ------
+    DataError
+        A missing or unreadable path, an unknown format, a number of columns that fits neither
+        reading of ``n_features``, or invalid values (the message says which and what to do).
+    """
+    path = Path(os.fspath(path)).expanduser()
+    if not path.exists():
+        raise DataError(f"no such file or directory: {str(path.resolve())!r}; give a .csv, svmlight "
+                        f"({', '.join(_SVMLIGHT_SUFFIXES)}) or .npz file, or a folder of IDX or Madelon-style files.")
+    try:
+        X, y = _read_whole(path, n_features, label_column)
+    except OSError as exc:
+        raise DataError(
+            f"cannot read {exc.filename or path}: {exc.strerror or exc}; check the path and its permissions."
+        ) from exc
+    X = validate_features(X, name=str(path))
+    if y is not None:
+        y = _as_label_vector(y, f"the labels of {path}")
+        if len(y) != X.shape[0]:
+            raise DataError(f"{path} has {X.shape[0]} rows of features but {len(y)} labels; give one label per row.")
+    return X, y
+
+
+def _read_whole(path: Path, n_features: int | None, label_column: int):
+    """Features and labels (or None) of every row of ``path``, before validation."""
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return _joined(_load_directory(path))
+    if suffix == ".npz":
+        return _read_npz_table(path)
+    if suffix == ".csv":
+        return _read_csv_table(path, n_features, label_column)
+    if suffix in _SVMLIGHT_SUFFIXES:
+        X, y = _read_svmlight(path)
+        if n_features is not None and X.shape[1] < n_features:
+            X = np.hstack([X, np.zeros((X.shape[0], n_features - X.shape[1]), dtype=X.dtype)])
+        return X, y
+    raise DataError(f"{path}: unknown file type {path.suffix!r}. Accepted formats: {ACCEPTED_FORMATS}.")
+
+
+def _joined(splits: _Splits):
+    """A train/test pair as one table: the train rows, then the test rows."""
+    X_train, X_test = np.asarray(splits.X_train), np.asarray(splits.X_test)
+    if X_train.ndim != 2 or X_test.ndim != 2 or X_train.shape[1] != X_test.shape[1]:
+        raise DataError(f"{splits.name}: the train rows have shape {X_train.shape} and the test rows {X_test.shape}; "
+                        "both need the same columns to be read as one table.")
+    y_train, y_test = _as_label_vector(splits.y_train, "y_train"), _as_label_vector(splits.y_test, "y_test")
+    return np.concatenate([X_train, X_test]), np.concatenate([y_train, y_test])
+
+
+def _read_npz_table(path: Path):
+    """A .npz with ``X`` (and optionally ``y``), or the trainer's four arrays as one table."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in ("X", "y") if key in archive.files}
+    except (ValueError, AttributeError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"{path} is not a readable .npz of plain arrays ({exc}); save the rows with np.savez(path, X=...) "
+            "or np.savez(path, X=..., y=...), labels as numbers or strings, not Python objects."
+        ) from exc
+    if "X" not in arrays:
+        return _joined(_read_npz(path))
+    return arrays["X"], arrays.get("y")
+
+
+def _read_csv_table(path: Path, n_features: int | None, label_column: int):
+    """A csv file's features and labels, or all its columns as features when it has ``n_features`` columns."""
+    X, labels = _read_csv(path, label_column)
+    n_columns = X.shape[1] + 1
+    if n_features is None or n_columns == n_features + 1:
+        return X, labels
+    where = "the last column" if label_column == -1 else f"column {label_column} (0-based)"
+    if n_columns != n_features:
+        raise DataError(
+            f"{path} has {n_columns} columns but the model takes {n_features} features: give {n_features} "
+            f"columns (features only) or {n_features + 1} (features and the label, in {where})."
+        )
+    if labels.dtype.kind not in "iuf":
+        raise DataError(
+            f"{path} has {n_columns} columns, as many as the model's features, so it is read as features "
+            f"without labels, but {where} holds text such as {labels[0]!r}: add the missing feature column, "
+            "or drop the label column."
+        )
+    return np.insert(X, label_column % n_columns, labels.astype(np.float32), axis=1), None
+
+
 def _spec_paths(spec: str) -> list[Path]:
     """The one or two existing paths that ``spec`` names; DataError when one does not exist."""
     single = Path(spec).expanduser()
@@ -1093,13 +1224,55 @@ def _read_csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
         X = np.loadtxt(path, usecols=feature_columns, dtype=np.float32, ndmin=2, **options)
         labels = np.loadtxt(path, usecols=label_index, dtype=str, ndmin=1, **options)
     except ValueError as exc:
-        raise DataError(
+        raise _csv_problem(path, delimiter, n_columns, label_index, int(has_header)) or DataError(
             f"{path}: {exc}. Every column but the label must hold numbers; encode categorical columns "
             "as numbers and give every row the same number of columns."
         ) from exc
     if len(labels) == 0:
         raise DataError(f"{path} holds a header but no data rows.")
+    if (np.char.strip(labels) == "").any():
+        problem = _csv_problem(path, delimiter, n_columns, label_index, int(has_header))
+        if problem is not None:
+            raise problem
     return X, _natural_labels(labels)
+
+
+def _csv_problem(path: Path, delimiter: str | None, n_columns: int, label_index: int,
+                 skip: int) -> DataError | None:
+    """The first field of a csv file that cannot be read, as a DataError naming its line and column.
+
+    Lines are those of the file, from 1 and counting a header; columns count from 1. Blank lines are
+    passed over, as ``np.loadtxt`` does. None when every field reads.
+    """
+    with open(path, newline="") as handle:
+        if delimiter is None:
+            rows = ((number, line.split()) for number, line in enumerate(handle, start=1))
+        else:
+            reader = csv.reader(handle, delimiter=delimiter, quotechar='"')
+            rows = ((reader.line_num, fields) for fields in reader)
+        for line, fields in rows:
+            if line <= skip or not fields:
+                continue
+            if len(fields) != n_columns:
+                return DataError(
+                    f"{path}: line {line} has {len(fields)} columns but line 1 has {n_columns}; give every row "
+                    "the same columns (each feature and the label)."
+                )
+            for index, text in enumerate(fields):
+                where = f"at line {line}, column {index + 1} (lines count from 1, the header included)"
+                if not text.strip() and index == label_index:
+                    return DataError(f"{path}: missing label {where}. Give that row its label, or drop the row.")
+                if not text.strip():
+                    return DataError(
+                        f"{path}: missing value {where}. Fill it in (for instance with its column's mean), or "
+                        "drop the row."
+                    )
+                if index != label_index and not _is_number(text):
+                    return DataError(
+                        f"{path}: {text!r} {where} is not a number. Every column but the label must hold "
+                        "numbers: encode categorical columns as numbers (e.g. one-hot) and drop text columns."
+                    )
+    return None
 
 
 def _is_number(text: str) -> bool:
@@ -1139,6 +1312,7 @@ def _read_svmlight(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path} is not a valid svmlight/libsvm file ({exc}); lines must read 'label index:value ...'."
         ) from exc
+    _check_densified_size([X], str(path))
     return X.toarray(), _integral_to_int(y)
 
 
@@ -1150,7 +1324,33 @@ def _read_svmlight_pair(train: Path, test: Path):
         X_train, y_train, X_test, y_test = load_svmlight_files([str(train), str(test)], dtype=np.float32)
     except ValueError as exc:
         raise DataError(f"{train} / {test}: not valid svmlight/libsvm files ({exc}).") from exc
+    _check_densified_size([X_train, X_test], f"{train} / {test}")
     return X_train.toarray(), _integral_to_int(y_train), X_test.toarray(), _integral_to_int(y_test)
+
+
+def _check_densified_size(matrices: list, source: str) -> None:
+    """DataError when the dense float32 copies of these sparse matrices would not fit in memory.
+
+    wasap trains on dense rows, so an svmlight file becomes rows x (largest feature
+    index) values; a file naming feature 10**9 would become terabytes. The limit is the
+    memory a run plans to use by default (:data:`wasap.memory.DEFAULT_BUDGET`).
+    """
+    from .memory import DEFAULT_BUDGET, available_bytes, format_bytes
+
+    dense = sum(4 * X.shape[0] * X.shape[1] for X in matrices)
+    available = available_bytes()
+    limit = DEFAULT_BUDGET.resolve(available)
+    if dense <= limit:
+        return
+    rows = sum(X.shape[0] for X in matrices)
+    used = np.unique(np.concatenate([X.indices for X in matrices])).shape[0]
+    raise DataError(
+        f"{source}: its {rows} rows x {matrices[0].shape[1]} features (up to its largest feature index) take "
+        f"{format_bytes(dense)} as dense float32, more than the {format_bytes(limit)} a run may use "
+        f"({DEFAULT_BUDGET.fraction:.0%} of the {format_bytes(available)} available); wasap trains on dense rows. Only {used} distinct "
+        "features occur: number them consecutively from 1 (drop the unused indices), keep fewer features, "
+        "or use a machine with more memory."
+    )
 
 
 def _check_test_fraction(test_fraction: float) -> None:

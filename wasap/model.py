@@ -7,16 +7,65 @@ in a :class:`Workspace` so that a training step allocates nothing large.
 """
 
 import json
+import math
 import os
+import struct
+import zipfile
+import zlib
 
 import numpy as np
 import scipy.sparse
 
 from . import activations, kernels, topology
+from .data import validate_features
 from .files import atomic_file
 from .optim import SAME_RATES, momentum_step
+from .preprocessing import CLASSES_KEY, Preprocessing, class_labels
 
 MODEL_FORMAT = "wasap-model-1"
+
+#: What reading a damaged archive can raise: zipfile's errors (a changed flag reads as an encrypted or
+#: unsupported entry: RuntimeError, NotImplementedError), numpy's header parser (ValueError,
+#: TypeError for an unknown dtype), an absurd shape in a header (MemoryError, OverflowError).
+_ARCHIVE_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError, OverflowError, MemoryError,
+                   RecursionError, zipfile.BadZipFile, zlib.error, struct.error)
+
+#: Column indices are int32 (:class:`SparseLayer`), so no layer may be wider.
+_MAX_LAYER_SIZE = 2**31 - 1
+
+#: Elements per block of the load-time checks: their temporaries stay small for layers of 10^8 weights.
+_CHECK_BLOCK = 1 << 22
+
+_DAMAGED_HINT = ("The file is damaged or was not written by SparseMLP.save: save the model again, or rerun the "
+                 "training that wrote it.")
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    problem : str
+        What is wrong with it.
+    layer : str, optional
+        The layer concerned, e.g. ``"layer 1 (400 -> 100)"``.
+    hint : str, optional
+        What to do; by default, write the file again.
+    """
+
+    def __init__(self, path, problem, layer=None, hint=_DAMAGED_HINT):
+        super().__init__(path, problem, layer, hint)
+        self.path, self.problem, self.layer, self.hint = path, problem, layer, hint
+
+    def __str__(self):
+        where = f"{self.layer}: " if self.layer else ""
+        return f"cannot load the wasap model {self.path!r}: {where}{self.problem}. {self.hint}"
+
+
+class _Problem(Exception):
+    """A check of a model file's contents failed; the text says what is wrong."""
 
 _HASH_MULTIPLIER = 0x9E3779B97F4A7C15
 _MASK63 = (1 << 63) - 1
@@ -180,6 +229,11 @@ class SparseMLP:
         self._codes = hidden + [activations.output_activation_code(output_activation)]
         self._workspaces = {}
         self._accumulators = None
+        #: Set by :meth:`load` (or by hand): the run's extras, the labels behind the class indices, and
+        #: what raw rows go through before the network (:meth:`predict`).
+        self.metadata = {}
+        self.classes = None
+        self.preprocessing = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -506,6 +560,71 @@ class SparseMLP:
         target = np.asarray(y, dtype=np.float32).reshape(output.shape)
         return float(0.5 * np.mean(np.sum((output - target) ** 2, axis=1))), float("nan")
 
+    def predict_proba(self, X, batch_size=None):
+        """Class probabilities of raw rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Raw features: :attr:`preprocessing` (when set) is applied first.
+        batch_size : int, optional
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes), float32
+            Columns in the order of the class indices (of :attr:`classes`).
+
+        Raises
+        ------
+        ValueError
+            For a model trained with the mse loss, which outputs values (see :meth:`predict`).
+        wasap.data.DataError
+            For rows the preprocessing refuses (wrong number of features, NaN, text).
+        """
+        if self.loss != "cross-entropy":
+            raise ValueError(f"this model was trained with loss={self.loss!r}: its outputs are values, not class "
+                             "probabilities; use predict().")
+        return self.predict_output(self._model_inputs(X), batch_size)
+
+    def predict(self, X, batch_size=None):
+        """Predictions for raw rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Raw features: :attr:`preprocessing` (when set) is applied first.
+        batch_size : int, optional
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            The most probable class of each row, as its label (:attr:`classes`) or, without
+            labels, its index; for a model trained with the mse loss, its outputs, float32.
+
+        Raises
+        ------
+        wasap.data.DataError
+            For rows the preprocessing refuses (wrong number of features, NaN, text).
+        """
+        output = self.predict_output(self._model_inputs(X), batch_size)
+        if self.loss != "cross-entropy":
+            return output
+        best = output.argmax(axis=1)
+        labels = self._labels()
+        return best if labels is None else labels[best]
+
+    def _model_inputs(self, X):
+        """Raw rows ``(n_samples, n_features)`` as the network's float32 inputs."""
+        if self.preprocessing is not None:
+            return self.preprocessing.transform(X)
+        return validate_features(X, name="X")
+
+    def _labels(self):
+        """The label of each class index, or None."""
+        if self.preprocessing is not None and self.preprocessing.classes is not None:
+            return self.preprocessing.classes
+        return self.classes
+
     # -- topology ----------------------------------------------------------------------------------
 
     def evolve(self, zeta, rng, *, init="he-uniform"):
@@ -533,9 +652,11 @@ class SparseMLP:
         return self.layers[index].to_scipy()
 
     def copy(self):
-        """An independent copy of the model."""
-        return SparseMLP([layer.copy() for layer in self.layers], activation=self.activation, alpha=self.alpha,
-                         output_activation=self.output_activation, loss=self.loss)
+        """An independent copy of the model (its metadata, classes and preprocessing shared, being read-only)."""
+        copied = SparseMLP([layer.copy() for layer in self.layers], activation=self.activation, alpha=self.alpha,
+                           output_activation=self.output_activation, loss=self.loss)
+        copied.metadata, copied.classes, copied.preprocessing = self.metadata, self.classes, self.preprocessing
+        return copied
 
     def is_finite(self):
         """True when every weight and bias is finite."""
@@ -543,7 +664,7 @@ class SparseMLP:
 
     # -- persistence ---------------------------------------------------------------------------------
 
-    def save(self, path, *, metadata=None, classes=None, include_momentum=False):
+    def save(self, path, *, metadata=None, classes=None, preprocessing=None, include_momentum=False):
         """Write the model to ``path`` (.npz), atomically: a crash never leaves half a file.
 
         Parameters
@@ -551,18 +672,35 @@ class SparseMLP:
         path : str or os.PathLike
         metadata : dict, optional
             JSON-serialisable extras (a run's config, say), returned by :meth:`load`'s ``metadata``.
-        classes : array-like, optional
-            The labels behind the class indices.
+        classes : array-like of shape (n_outputs,), optional
+            The labels behind the class indices; by default those of ``preprocessing``.
+        preprocessing : wasap.preprocessing.Preprocessing, optional
+            What raw rows go through before the network (``Dataset.preprocessing``), for :meth:`predict`.
         include_momentum : bool
             Also store momentum buffers, to resume training exactly.
+
+        Raises
+        ------
+        ValueError
+            When ``classes`` or ``preprocessing`` do not fit the network, or disagree.
         """
+        arrays = {}
+        if preprocessing is not None:
+            if preprocessing.n_features != self.n_features:
+                raise ValueError(f"the preprocessing is of {preprocessing.n_features} features but the model takes "
+                                 f"{self.n_features}; give the preprocessing of the data the model was trained on.")
+            arrays.update(preprocessing.to_arrays())
+        if classes is not None:
+            classes = class_labels(classes)
+            if CLASSES_KEY in arrays and not np.array_equal(arrays[CLASSES_KEY], classes):
+                raise ValueError("classes and preprocessing.classes differ; give one of them, or the same labels.")
+            arrays[CLASSES_KEY] = classes
+        if self.loss == "cross-entropy" and CLASSES_KEY in arrays and len(arrays[CLASSES_KEY]) != self.n_outputs:
+            raise ValueError(f"{len(arrays[CLASSES_KEY])} classes given for a model of {self.n_outputs} "
+                             "outputs; give one label per output.")
         header = dict(format=MODEL_FORMAT, sizes=self.sizes, activation=self.activation, alpha=self.alpha,
                       output_activation=self.output_activation, loss=self.loss, metadata=metadata or {})
-        arrays = {"header": np.array(json.dumps(header))}
-        if classes is not None:
-            classes = np.asarray(classes)
-            # Object arrays (labels from pandas, say) would need pickle to load.
-            arrays["classes"] = classes.astype(str) if classes.dtype.kind == "O" else classes
+        arrays["header"] = np.array(json.dumps(header))
         for l, layer in enumerate(self.layers):
             arrays[f"indptr_{l}"] = layer.indptr
             arrays[f"indices_{l}"] = layer.indices
@@ -576,37 +714,239 @@ class SparseMLP:
 
     @classmethod
     def load(cls, path):
-        """Read a model written by :meth:`save`.
+        """Read a model written by :meth:`save`, after checking everything in the file.
+
+        Every layer's arrays are checked before any is used: present, 1-D, of integer (indptr,
+        indices) or floating-point (data, bias, momentum) type and of the layer's shapes; indptr
+        starts at 0, never decreases and ends at the number of weights; column indices lie in
+        ``[0, n_out)`` and increase strictly within each row; every value is finite.
 
         Returns
         -------
         model : SparseMLP
-            Also carries ``model.metadata`` (dict) and ``model.classes`` (array or None).
+            Also carries ``model.metadata`` (dict), ``model.classes`` (array or None) and
+            ``model.preprocessing`` (:class:`wasap.preprocessing.Preprocessing`, or None for files
+            saved without it).
+
+        Raises
+        ------
+        ModelFileError
+            For a missing, unreadable, truncated or damaged file, or one that is not a wasap model;
+            the message names the file, the layer and the problem.
         """
         path = os.fspath(path)
+        arrays = _read_archive(path)
         try:
-            archive = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read a wasap model from {path!r}: {error}") from error
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path!r} is a single .npy array, not an .npz archive, so not a wasap model.")
-        with archive:
-            if "header" not in archive.files:
-                raise ValueError(f"{path!r} is an .npz file but not a wasap model (no 'header' entry).")
-            header = json.loads(str(archive["header"]))
-            if header.get("format") != MODEL_FORMAT:
-                raise ValueError(f"{path!r} has model format {header.get('format')!r}; this wasap reads "
-                                 f"{MODEL_FORMAT!r}.")
-            sizes = header["sizes"]
-            layers = []
-            for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-                velocity = archive[f"velocity_{l}"] if f"velocity_{l}" in archive.files else None
-                bias_velocity = archive[f"bias_velocity_{l}"] if f"bias_velocity_{l}" in archive.files else None
-                layers.append(SparseLayer(n_in, n_out, archive[f"indptr_{l}"], archive[f"indices_{l}"],
-                                          archive[f"data_{l}"], archive[f"bias_{l}"], velocity, bias_velocity))
-            classes = archive["classes"] if "classes" in archive.files else None
+            header = _checked_header(arrays)
+        except _Problem as problem:
+            raise ModelFileError(path, str(problem)) from None
+        sizes = header["sizes"]
+        checked = []
+        for l, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+            try:
+                checked.append(_checked_layer_arrays(arrays, l, n_in, n_out))
+            except _Problem as problem:
+                raise ModelFileError(path, str(problem), layer=f"layer {l} ({n_in} -> {n_out})") from None
+        try:
+            classes = _checked_classes(arrays, header)
+            preprocessing = Preprocessing.from_arrays(arrays)
+        except (_Problem, ValueError) as problem:
+            raise ModelFileError(path, str(problem).rstrip(".")) from None
+        if preprocessing is not None and preprocessing.n_features != sizes[0]:
+            raise ModelFileError(path, f"its preprocessing is of {preprocessing.n_features} features but its input "
+                                       f"layer takes {sizes[0]}")
+        layers = [SparseLayer(n_in, n_out, **arrays_of_layer)
+                  for (n_in, n_out), arrays_of_layer in zip(zip(sizes, sizes[1:]), checked)]
         model = cls(layers, activation=header["activation"], alpha=header["alpha"],
                     output_activation=header["output_activation"], loss=header["loss"])
         model.metadata = header.get("metadata", {})
         model.classes = classes
+        model.preprocessing = preprocessing
         return model
+
+#: How a zip archive (a local file header, or the end record of an empty archive) and a .npy file start.
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
+#: Each layer's arrays: name, numpy kinds accepted, whether required.
+_LAYER_ARRAYS = (("indptr", "iu", True), ("indices", "iu", True), ("data", "f", True), ("bias", "f", True),
+                 ("velocity", "f", False), ("bias_velocity", "f", False))
+
+
+def _read_archive(path):
+    """Every array of the .npz at ``path``, by name; ModelFileError for anything that stops the reading."""
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(len(_NPY_MAGIC))
+        if not start.startswith(_ZIP_MAGICS) and start != _NPY_MAGIC:
+            # np.load would try pickle next, and its message advises loading the file unsafely.
+            raise ModelFileError(path, "it is empty" if not start else
+                                 "it is not an .npz archive (a model file is a zip archive of arrays)",
+                                 hint="Give a model.npz written by SparseMLP.save or by a training run.")
+        loaded = np.load(path, allow_pickle=False)
+    except ModelFileError:
+        raise
+    except FileNotFoundError:
+        raise ModelFileError(path, "there is no such file",
+                             hint="Check the path: a training run writes model.npz into its output folder.") from None
+    except IsADirectoryError:
+        raise ModelFileError(path, "it is a folder",
+                             hint="Give the model file itself, e.g. the model.npz of a run's output folder.") from None
+    except _ARCHIVE_ERRORS as error:
+        raise ModelFileError(path, f"it is not a readable .npz archive ({type(error).__name__}: {error})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ModelFileError(path, "it is a single .npy array, not an .npz archive, so not a wasap model",
+                             hint="Give a model.npz written by SparseMLP.save or by a training run.")
+    try:
+        with loaded as archive:
+            # Entries are read lazily: a damaged one fails here, on first access.
+            return {name: archive[name] for name in archive.files}
+    except _ARCHIVE_ERRORS as error:
+        raise ModelFileError(path, f"the archive is truncated or damaged ({type(error).__name__}: {error})") from None
+
+
+def _checked_header(arrays):
+    """The header as a dict whose format, sizes, activations, loss and metadata have been checked."""
+    if "header" not in arrays:
+        raise _Problem("it is an .npz file but not a wasap model (no 'header' entry)")
+    raw = arrays["header"]
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise _Problem(f"its header is an array of shape {raw.shape} and dtype {raw.dtype}, not one JSON text")
+    try:
+        header = json.loads(str(raw))
+    except (ValueError, RecursionError) as error:
+        raise _Problem(f"its header is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise _Problem(f"its header is a JSON {type(header).__name__}, not an object")
+    if header.get("format") != MODEL_FORMAT:
+        raise _Problem(f"it has model format {header.get('format')!r}; this wasap reads {MODEL_FORMAT!r}")
+    sizes = header.get("sizes")
+    if (not isinstance(sizes, list) or len(sizes) < 2
+            or not all(type(n) is int and 1 <= n <= _MAX_LAYER_SIZE for n in sizes)):
+        raise _Problem(f"its header's sizes are {sizes!r}; they must list at least 2 layer sizes, each a positive "
+                       f"integer up to {_MAX_LAYER_SIZE}")
+    for key, known in (("activation", activations.HIDDEN_ACTIVATIONS),
+                       ("output_activation", activations.OUTPUT_ACTIVATIONS), ("loss", activations.LOSSES)):
+        if header.get(key) not in known:
+            raise _Problem(f"its header's {key} is {header.get(key)!r}; it must be one of {', '.join(known)}")
+    alpha = header.get("alpha")
+    if alpha is not None and not (type(alpha) in (int, float) and math.isfinite(alpha)):
+        raise _Problem(f"its header's alpha is {alpha!r}; it must be a finite number or null")
+    if alpha is None and header["activation"] == "all-relu" and len(sizes) > 2:
+        raise _Problem("its header gives the all-relu activation no alpha (the slope it needs)")
+    if not isinstance(header.get("metadata", {}), dict):
+        raise _Problem(f"its header's metadata is a {type(header['metadata']).__name__}, not a JSON object")
+    return header
+
+
+def _checked_layer_arrays(arrays, l, n_in, n_out):
+    """Layer ``l``'s arrays, checked and cast to the dtypes of :class:`SparseLayer`, as its keyword arguments."""
+    found = {}
+    for name, kinds, required in _LAYER_ARRAYS:
+        key = f"{name}_{l}"
+        if key not in arrays:
+            if required:
+                raise _Problem(f"the array {key} is missing")
+            continue
+        array = arrays[key]
+        if array.ndim != 1:
+            raise _Problem(f"{key} has shape {array.shape}; it must be 1-D")
+        if array.dtype.kind not in kinds:
+            kind = "integers" if kinds == "iu" else "floating-point numbers"
+            raise _Problem(f"{key} has dtype {array.dtype}; it must hold {kind}")
+        found[name] = array
+    nnz = found["indices"].shape[0]
+    per_weight = (nnz, f"one per weight, as indices_{l}")
+    lengths = dict(indptr=(n_in + 1, "n_in + 1"), indices=per_weight, data=per_weight, velocity=per_weight,
+                   bias=(n_out, "n_out"), bias_velocity=(n_out, "n_out"))
+    for name, array in found.items():
+        length, meaning = lengths[name]
+        if array.shape[0] != length:
+            raise _Problem(f"{name}_{l} has {array.shape[0]} entries; it must have {length} ({meaning})")
+    indptr = _checked_indptr(found["indptr"], nnz, f"indptr_{l}")
+    layer = dict(indptr=indptr, indices=_checked_indices(found["indices"], indptr, n_out, f"indices_{l}"))
+    for name in ("data", "bias", "velocity", "bias_velocity"):
+        if name in found:
+            layer[name] = _finite_float32(found[name], f"{name}_{l}")
+    return layer
+
+
+def _blocks(n):
+    """``(start, stop)`` of consecutive blocks of at most :data:`_CHECK_BLOCK` of ``n`` elements."""
+    for start in range(0, n, _CHECK_BLOCK):
+        yield start, min(start + _CHECK_BLOCK, n)
+
+
+def _checked_indptr(indptr, nnz, key):
+    """``indptr`` as int64 once it starts at 0, never decreases and ends at ``nnz``."""
+    if indptr[0] != 0:
+        raise _Problem(f"{key} starts at {indptr[0]}; it must start at 0")
+    if indptr[-1] != nnz:
+        raise _Problem(f"{key} ends at {indptr[-1]}, but the layer has {nnz} weights; it must end at that number")
+    for start, stop in _blocks(indptr.shape[0] - 1):
+        falls = indptr[start + 1:stop + 1] < indptr[start:stop]
+        if falls.any():
+            row = start + int(np.argmax(falls))
+            raise _Problem(f"{key} decreases after row {row} ({indptr[row]}, then {indptr[row + 1]}); "
+                           "it must never decrease")
+    # Every entry now lies in [0, nnz]: the cast is exact whatever the stored integer type.
+    return indptr.astype(np.int64, copy=False)
+
+
+def _checked_indices(indices, indptr, n_out, key):
+    """``indices`` as int32 once each lies in [0, n_out) and each row's increase strictly."""
+    nnz = indices.shape[0]
+    if nnz == 0:
+        return indices.astype(np.int32)
+    low, high = indices.min(), indices.max()
+    if low < 0 or high >= n_out:
+        bad = low if low < 0 else high
+        position = int(np.flatnonzero(indices == bad)[0])
+        raise _Problem(f"{key} holds the column {bad} at position {position} (row {_row_of(indptr, position)}), "
+                       f"outside the layer's columns 0..{n_out - 1}")
+    for start, stop in _blocks(nnz):
+        first = max(start, 1)
+        if first >= stop:
+            continue
+        rises = indices[first:stop] > indices[first - 1:stop - 1]
+        # A row's first weight may lie left of the previous row's last one.
+        lo, hi = np.searchsorted(indptr, [first, stop])
+        rises[indptr[lo:hi] - first] = True
+        if not rises.all():
+            position = first + int(np.argmin(rises))
+            raise _Problem(f"row {_row_of(indptr, position)} of {key} is not sorted and unique: the column "
+                           f"{indices[position]} follows the column {indices[position - 1]} at position {position}; "
+                           "the columns of each row must increase strictly")
+    return indices.astype(np.int32, copy=False)
+
+
+def _row_of(indptr, position):
+    """The row that holds the nonzero at ``position``."""
+    return int(np.searchsorted(indptr, position, side="right")) - 1
+
+
+def _finite_float32(values, key):
+    """``values`` as float32 once every one is finite in float32."""
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf, reported below
+        converted = np.asarray(values, dtype=np.float32)
+    for start, stop in _blocks(converted.shape[0]):
+        finite = np.isfinite(converted[start:stop])
+        if not finite.all():
+            position = start + int(np.argmin(finite))
+            raise _Problem(f"{key} holds {values[position]} at position {position}; every value must be a finite "
+                           "float32 number")
+    return converted
+
+
+def _checked_classes(arrays, header):
+    """The file's class labels (None when it has none), checked against the output layer."""
+    if CLASSES_KEY not in arrays:
+        return None
+    try:
+        classes = class_labels(arrays[CLASSES_KEY])
+    except ValueError as error:
+        raise _Problem(f"its classes are unusable: {str(error).rstrip('.')}") from None
+    n_outputs = header["sizes"][-1]
+    if header["loss"] == "cross-entropy" and len(classes) != n_outputs:
+        raise _Problem(f"it lists {len(classes)} classes for {n_outputs} outputs; it needs one label per output")
+    return classes

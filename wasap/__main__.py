@@ -1,0 +1,8 @@
+"""``python -m wasap``: the ``wasap`` command (:mod:`wasap.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

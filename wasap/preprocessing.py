@@ -1,0 +1,222 @@
+"""What a model's inputs went through before training, kept with the model to apply to new raw data.
+
+A :class:`Preprocessing` holds the per-feature mean and scale the training split was standardised
+with (or none, for a run with ``--no-standardize``), the number of features, and the label values
+behind the class indices. :meth:`SparseMLP.save <wasap.model.SparseMLP.save>` stores it in the model
+file and :meth:`SparseMLP.load <wasap.model.SparseMLP.load>` restores it, so that
+:meth:`SparseMLP.predict <wasap.model.SparseMLP.predict>` takes raw rows.
+"""
+
+import numpy as np
+
+from .data import DataError, validate_features
+
+#: Names of the model file's arrays (the class labels keep the model file's own ``classes`` key).
+N_FEATURES_KEY = "preprocessing_n_features"
+MEAN_KEY = "preprocessing_mean"
+SCALE_KEY = "preprocessing_scale"
+CLASSES_KEY = "classes"
+
+
+class Preprocessing:
+    """The transformation from raw feature rows to a model's inputs, and the model's label values.
+
+    Parameters
+    ----------
+    n_features : int
+        Features of a raw row.
+    mean, scale : (n_features,) float64, optional
+        Standardisation ``(x - mean) / scale``; both or neither (raw features go in unchanged).
+    classes : (n_classes,) array, optional
+        The label value of each class index (``Dataset.classes``); None for a model that
+        predicts values rather than classes.
+    """
+
+    def __init__(self, n_features, *, mean=None, scale=None, classes=None):
+        self.n_features = int(n_features)
+        if self.n_features < 1:
+            raise ValueError(f"n_features must be a positive integer, got {n_features!r}.")
+        if (mean is None) != (scale is None):
+            raise ValueError("give both mean and scale (standardised features) or neither (raw features).")
+        self.mean = None if mean is None else _statistic(mean, self.n_features, "mean")
+        self.scale = None if scale is None else _statistic(scale, self.n_features, "scale")
+        if self.scale is not None and not (self.scale > 0).all():
+            raise ValueError("scale must be positive for every feature (a constant feature has scale 1).")
+        self.classes = None if classes is None else class_labels(classes)
+
+    @property
+    def standardized(self):
+        """Whether features are standardised (False: raw features go in unchanged)."""
+        return self.mean is not None
+
+    def transform(self, X):
+        """Raw rows as the model's inputs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Raw features, in the columns and order of the training data.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features), float32, C-contiguous
+            A standardised copy (``X`` itself is never modified).
+
+        Raises
+        ------
+        DataError
+            For features that :func:`wasap.data.validate_features` rejects, or a number of
+            columns other than ``n_features``.
+        """
+        checked = validate_features(X, name="X")
+        if checked.shape[1] != self.n_features:
+            raise DataError(
+                f"X has {checked.shape[1]} features (columns) but the model was trained on {self.n_features}; "
+                "give rows with the training data's columns, in the same order (and no label column)."
+            )
+        if not self.standardized:
+            return checked
+        out = checked.copy() if np.may_share_memory(checked, X) else checked
+        standardize_in_place(out, self.mean, self.scale)
+        return out
+
+    def label_indices(self, y):
+        """Class index of each label.
+
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,)
+            Labels with the values of ``classes``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,), int64
+
+        Raises
+        ------
+        DataError
+            When there are no classes (a model of values) or a label is not among them
+            (the message names the unknown labels and the model's classes).
+        """
+        if self.classes is None:
+            raise DataError("this model predicts values, not classes: it has no labels to compare with.")
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise DataError(f"labels must be 1-D, one per sample; got shape {y.shape}.")
+        if self.classes.dtype.kind == "U" and y.dtype.kind != "U":
+            # Text labels that all look like numbers are read as numbers; compare them as text.
+            y = y.astype(str)
+        order = np.argsort(self.classes, kind="stable")
+        try:
+            position = order[np.minimum(np.searchsorted(self.classes[order], y), len(order) - 1)]
+            unknown = np.asarray(self.classes[position] != y, dtype=bool)
+        except TypeError:  # numbers against text: none can match
+            position = np.zeros(len(y), dtype=np.int64)
+            unknown = np.ones(len(y), dtype=bool)
+        if unknown.any():
+            shown = ", ".join(repr(value) for value in np.unique(y[unknown])[:10].tolist())
+            raise DataError(
+                f"{int(unknown.sum())} label(s) are not among the model's classes ({shown}"
+                f"{', ...' if len(np.unique(y[unknown])) > 10 else ''}), the first at row "
+                f"{int(np.flatnonzero(unknown)[0])}; the model knows {self.classes.tolist()[:20]}. Check that "
+                "the file is of the data the model was trained on, and that its label column is the training one."
+            )
+        return position.astype(np.int64)
+
+    def to_arrays(self):
+        """The model file's arrays: a dict of name to ndarray (:data:`N_FEATURES_KEY`, ...)."""
+        arrays = {N_FEATURES_KEY: np.array(self.n_features, dtype=np.int64)}
+        if self.standardized:
+            arrays[MEAN_KEY] = self.mean
+            arrays[SCALE_KEY] = self.scale
+        if self.classes is not None:
+            arrays[CLASSES_KEY] = self.classes
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays):
+        """The preprocessing that :meth:`to_arrays` wrote, or None when ``arrays`` holds none.
+
+        Parameters
+        ----------
+        arrays : mapping of str to ndarray
+            A model file's arrays.
+
+        Raises
+        ------
+        ValueError
+            When the arrays are there but not of the shapes, types or values :meth:`to_arrays` writes.
+        """
+        if N_FEATURES_KEY not in arrays:
+            return None
+        count = np.asarray(arrays[N_FEATURES_KEY])
+        if count.shape != () or count.dtype.kind not in "iu":
+            raise ValueError(f"{N_FEATURES_KEY} must be one integer, got an array of shape {count.shape} "
+                             f"and dtype {count.dtype}")
+        for key in (MEAN_KEY, SCALE_KEY):
+            value = arrays.get(key)
+            if value is not None and np.asarray(value).dtype.kind != "f":
+                raise ValueError(f"{key} must hold floating-point numbers, got dtype {np.asarray(value).dtype}")
+        try:
+            return cls(int(count), mean=arrays.get(MEAN_KEY), scale=arrays.get(SCALE_KEY),
+                       classes=arrays.get(CLASSES_KEY))
+        except ValueError as error:
+            raise ValueError(f"the preprocessing arrays are inconsistent: {error}") from error
+
+    def __repr__(self):
+        kind = "standardized" if self.standardized else "raw"
+        classes = "values" if self.classes is None else f"{len(self.classes)} classes"
+        return f"Preprocessing({self.n_features} features, {kind}, {classes})"
+
+
+def standardize_in_place(X, mean, scale):
+    """Standardise the columns of ``X`` in place: ``(X - mean) / scale``, in ``X``'s own dtype.
+
+    The training split (:func:`wasap.load_dataset`) and new rows (:meth:`Preprocessing.transform`)
+    both go through this one computation, so that a raw row becomes the same input either way.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features), floating point, writable
+    mean, scale : ndarray of shape (n_features,)
+    """
+    X -= np.asarray(mean).astype(X.dtype)
+    X /= np.asarray(scale).astype(X.dtype)
+
+
+def _statistic(values, n_features, name):
+    """``values`` as a finite float64 vector of ``n_features`` entries; ValueError otherwise."""
+    array = np.array(values, dtype=np.float64)
+    if array.shape != (n_features,):
+        raise ValueError(f"{name} must have shape ({n_features},), one value per feature, got {array.shape}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite values.")
+    return array
+
+
+def class_labels(classes):
+    """Class labels as a model file stores them.
+
+    Parameters
+    ----------
+    classes : array-like of shape (n_classes,)
+        Numbers or text; an object array (labels from pandas, say) becomes text.
+
+    Returns
+    -------
+    ndarray of shape (n_classes,)
+        Of a numeric or text dtype, which loads without pickle.
+
+    Raises
+    ------
+    ValueError
+        For another shape or dtype.
+    """
+    array = np.asarray(classes)
+    if array.dtype.kind == "O":
+        # Object arrays (labels from pandas, say) would need pickle in the model file.
+        array = array.astype(str)
+    if array.ndim != 1 or array.dtype.kind not in "biufU":
+        raise ValueError(f"classes must be a 1-D array of numbers or text, got shape {array.shape} "
+                         f"and dtype {array.dtype}.")
+    return array
