@@ -88,6 +88,10 @@ class TrainConfig:
         Epoch at which phase two (independent replicas) starts; None: never.
     warmup_epochs : int
         Gradual learning-rate warm-up of the synchronous variant.
+    stall_timeout : float
+        Seconds a parallel worker may go without progress (no batch done, no lock or slot
+        reached) before the run stops with :class:`wasap.parallel.WorkerStalled`: far above a
+        batch of the widest networks, which takes seconds.
     """
 
     hidden: tuple = (400, 100, 400)
@@ -118,6 +122,7 @@ class TrainConfig:
     sync: bool = False
     phase2_start: int = None
     warmup_epochs: int = 5
+    stall_timeout: float = 600.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -169,6 +174,7 @@ class TrainConfig:
         if self.phase2_start is not None:
             _integer("phase2_start", self.phase2_start, 0)
         _integer("warmup_epochs", self.warmup_epochs, 0)
+        _positive("stall_timeout", self.stall_timeout)
         _integer("seed", self.seed, 0)
         if self.activation == "leaky-relu" and self.alpha is not None and not 0 <= self.alpha < 1:
             raise ConfigError(f"alpha (the leaky ReLU slope) must be in [0, 1), got {self.alpha}.")
@@ -279,8 +285,8 @@ def _positive(name, value):
 
 def _at_least(name, value, low):
     _number(name, value)
-    if value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value}.")
+    if value < low or math.isinf(value):
+        raise ConfigError(f"{name} must be a finite number >= {low}, got {value}.")
 
 
 def _in_range(name, value, low, high, upper_open=False):

@@ -288,16 +288,17 @@ def format_profile_table(profile):
         for name, entry in summary.items():
             if "peak_rss_bytes" not in entry:
                 continue
-            lines.append(f"{name:10} {_pct(entry.get('mean_cpu_percent_phase1')):>8} "
-                         f"{_pct(entry.get('mean_cpu_percent_phase2')):>8} {_mib(entry.get('peak_rss_bytes')):>10} "
+            lines.append(f"{name:10} {_whole(entry.get('mean_cpu_percent_phase1')):>8} "
+                         f"{_whole(entry.get('mean_cpu_percent_phase2')):>8} {_mib(entry.get('peak_rss_bytes')):>10} "
                          f"{_mib(entry.get('peak_uss_bytes')):>10}")
     server = profile.get("server")
     if server:
+        # A run stopped before any update or training time has None for the rates and means.
         lines.append("")
         lines.append(
-            f"server: {server.get('updates', 0)} updates, {server.get('updates_per_second', 0):.0f}/s while "
-            f"training; apply {1e6 * (server.get('apply_seconds_mean') or 0):.0f} us each, lock held "
-            f"{1e6 * (server.get('lock_hold_seconds_mean') or 0):.0f} us per layer; stale {server.get('stale', 0)}, "
+            f"server: {server.get('updates', 0)} updates, {_whole(server.get('updates_per_second'))}/s while "
+            f"training; apply {_micro(server.get('apply_seconds_mean'))} us each, lock held "
+            f"{_micro(server.get('lock_hold_seconds_mean'))} us per layer; stale {server.get('stale', 0)}, "
             f"dropped {server.get('dropped', 0)}"
         )
     if "shared_bytes" in profile:
@@ -305,8 +306,12 @@ def format_profile_table(profile):
     return "\n".join(lines)
 
 
-def _pct(value):
+def _whole(value):
     return "-" if value is None else f"{value:.0f}"
+
+
+def _micro(seconds):
+    return "-" if seconds is None else f"{1e6 * seconds:.0f}"
 
 
 def _mib(value):

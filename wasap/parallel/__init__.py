@@ -10,7 +10,7 @@ Built on the core (:mod:`wasap.model`, :mod:`wasap.topology`, :mod:`wasap.optim`
 - :mod:`.wasap`: :func:`fit_parallel`, the run around them.
 """
 
-from .transport import WorkerFailed
+from .transport import WorkerFailed, WorkerStalled
 from .wasap import START_METHODS, available_cores, fit_parallel, resolve_workers
 
-__all__ = ["START_METHODS", "WorkerFailed", "available_cores", "fit_parallel", "resolve_workers"]
+__all__ = ["START_METHODS", "WorkerFailed", "WorkerStalled", "available_cores", "fit_parallel", "resolve_workers"]

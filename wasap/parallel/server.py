@@ -79,8 +79,8 @@ def apply_gradient(data, velocity, grad, *, lr, momentum, weight_decay, where=No
         _momentum_where(data, velocity, grad, where, float(lr), float(momentum), float(weight_decay))
 
 
-def _warm_up_kernels():
-    """Compile (or load from the cache) the update kernels now, not under a layer's lock."""
+def warm_up_update_kernels():
+    """Compile (or load from the cache) the update kernels now, not under a layer's lock (server and workers)."""
     one = np.zeros(1, dtype=np.float32)
     apply_gradient(one, one.copy(), one.copy(), lr=0.0, momentum=0.0, weight_decay=0.0)
     apply_gradient(one, one.copy(), one.copy(), lr=0.0, momentum=0.0, weight_decay=0.0,
@@ -158,7 +158,7 @@ class ParameterServer:
         self._states = {}
         self._slots = {}
         self.stats = ServerStats()
-        _warm_up_kernels()
+        warm_up_update_kernels()
         self._average = None
 
     # -- phase one: gradients -------------------------------------------------------------------------

@@ -32,13 +32,23 @@ Shared layout (``L`` layers, ``K`` workers, ``S`` slots per worker, capacity
   partition after partition (worker ``w``'s rows are one contiguous block);
 - ``orders`` (K, max partition) int64: sample orders the server draws (synchronous variant);
 - ``times`` (K, phases, categories + 1) float64: each worker's :class:`~wasap.profiling.TimeAccount`;
+- ``beats`` (K, 3) int64: each worker's heartbeat: a count it raises whenever it moves on, what it is
+  doing (an index into :data:`ACTIVITIES`) and that activity's detail (a layer, an epoch);
 - with phase two, ``rep_indptr_l`` (K, n_in + 1), ``rep_indices_l`` (K, cap_l),
   ``rep_data_l`` (K, cap_l), ``rep_bias_l`` (K, n_out), ``rep_nnz`` (K, L): one replica per worker.
+
+Liveness. No wait on either side is unbounded. The server waits in steps and
+checks its workers between them (:meth:`SharedMemoryTransport.check_workers`):
+one that ended is a :class:`WorkerFailed`, one whose heartbeat has not moved for
+the stall timeout (stopped by a signal, stuck) a :class:`WorkerStalled` that
+says what it was doing. A worker waits in steps too, and stops (:class:`Stopped`)
+when the server says STOP or is gone: the server holds the only write end of a
+"lifeline" pipe whose read end every worker polls, and that reads as
+end-of-file once the server has died, however it died.
 """
 
 import collections
 import contextlib
-import multiprocessing
 import os
 import select
 import signal
@@ -59,8 +69,33 @@ GRADIENT, REPLICA, READY, DONE, FAILED, APPLIED = range(6)
 #: Command word values (WAIT: workers started but not all ready yet).
 WAIT, RUN, PHASE_TWO, STOP = 0, 1, 2, 3
 
+#: What a worker's heartbeat says it is doing (``{}``: the detail, a layer or a local epoch).
+ACTIVITIES = ("starting", "waiting for the run to start", "waiting for a gradient slot (the server's go)",
+              "waiting for layer {}'s lock", "holding layer {}'s lock", "computing a gradient",
+              "training its replica (local epoch {})", "publishing its replica (local epoch {})",
+              "evolving its replica's topology", "waiting for the server to stop")
+(STARTING, WAITING_TO_START, SLOT_WAIT, LOCK_WAIT, HOLDING_LOCK, COMPUTING, TRAINING_REPLICA, PUBLISHING,
+ EVOLVING_REPLICA, WAITING_FOR_STOP) = range(len(ACTIVITIES))
+
+#: Seconds between a waiting worker's looks at the command word and the server's lifeline.
+WORKER_POLL = 0.1
+
+
 class WorkerFailed(RuntimeError):
     """A worker process ended while the run needed it (killed, crashed, or raised)."""
+
+    #: summary.json's ``stopped`` for a run this ended.
+    stop_reason = "worker-failed"
+
+
+class WorkerStalled(WorkerFailed):
+    """A worker made no progress for the stall timeout (stopped by a signal, or stuck)."""
+
+    stop_reason = "worker-stalled"
+
+
+class Stopped(Exception):
+    """Raised in a worker: the server said STOP, or is gone, while the worker waited or sent."""
 
 
 def describe_exit(worker, code):
@@ -72,6 +107,78 @@ def describe_exit(worker, code):
         except ValueError:
             pass
     return text + ")"
+
+
+def describe_activity(activity, detail):
+    """``"holding layer 2's lock"``: the words for a heartbeat's activity and detail."""
+    if 0 <= activity < len(ACTIVITIES):
+        return ACTIVITIES[activity].format(detail)
+    return f"activity {activity}"
+
+
+class StallWatch:
+    """Finds a worker whose heartbeat has not moved for ``timeout`` seconds.
+
+    Time counts only while the server watches: each :meth:`stalled` call adds the
+    seconds since the previous one, at most ``max_step``. A server that was itself
+    stopped (Ctrl-Z on the whole job, then ``fg``) or busy between two calls does
+    not find every worker stalled when it comes back, before they had a chance to beat.
+
+    Parameters
+    ----------
+    n_workers : int
+    timeout : float
+        Seconds without a heartbeat after which a worker is stalled.
+    max_step : float
+        The most one call adds to the watched time (above the server's longest regular gap between checks).
+    """
+
+    def __init__(self, n_workers, timeout, max_step=2.0):
+        self.timeout = float(timeout)
+        self.max_step = float(max_step)
+        self._watched = 0.0
+        self._last = None
+        self._counts = np.zeros(n_workers, dtype=np.int64)
+        self._since = np.zeros(n_workers)  # watched time of each count's last change
+        self._since_wall = np.zeros(n_workers)
+
+    def stalled(self, counts, now):
+        """The worker quiet for longest, if past the timeout.
+
+        Parameters
+        ----------
+        counts : (n_workers,) int64
+            Each worker's heartbeat count; 0: not started yet (the startup timeout covers it).
+        now : float
+            ``time.monotonic()``.
+
+        Returns
+        -------
+        (int, float) or None
+            The worker and the wall seconds since its heartbeat last moved.
+        """
+        if self._last is not None:
+            self._watched += min(max(0.0, now - self._last), self.max_step)
+        self._last = now
+        changed = counts != self._counts
+        self._counts[changed] = counts[changed]
+        self._since[changed] = self._watched
+        self._since_wall[changed] = now
+        quiet = np.where(counts > 0, self._watched - self._since, 0.0)
+        worker = int(np.argmax(quiet))
+        if quiet[worker] > self.timeout:
+            return worker, now - self._since_wall[worker]
+        return None
+
+
+def _is_stopped(pid):
+    """Whether process ``pid`` is stopped (SIGSTOP, SIGTSTP), as psutil sees it."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.Error:
+        return False
 
 
 _THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -90,7 +197,8 @@ class ServerTransport(ABC):
 
     @abstractmethod
     def check_workers(self):
-        """Raise :class:`WorkerFailed` when a worker ended while it should be running."""
+        """Raise :class:`WorkerFailed` when a worker ended while it should be running, and
+        :class:`WorkerStalled` when one made no progress for the stall timeout."""
 
     @abstractmethod
     def time_tables(self):
@@ -169,8 +277,22 @@ class WorkerTransport(ABC):
         """This worker's training rows ``(X, y)``."""
 
     @abstractmethod
+    def server_gone(self):
+        """Whether the server process has ended."""
+
+    @abstractmethod
     def command(self):
-        """The current command word."""
+        """The current command word; STOP too when the server is gone."""
+
+    @abstractmethod
+    def ready(self):
+        """Tell the server this worker is ready (READY) and start its heartbeat: the stall timeout applies
+        from here on (before, the startup timeout: loading the kernels can take minutes)."""
+
+    @abstractmethod
+    def beat(self, activity, detail=0):
+        """Tell the server this worker moves on, and to what (one of :data:`ACTIVITIES`, with its detail);
+        before :meth:`ready`, only what it does."""
 
     @abstractmethod
     def acquire_slot(self, timeout):
@@ -227,7 +349,7 @@ class WorkerTransport(ABC):
 
     @abstractmethod
     def send(self, message):
-        """Send a message tuple to the server."""
+        """Send a message tuple to the server; raises :class:`Stopped` when the server is gone."""
 
 
 class SharedMemoryTransport(ServerTransport):
@@ -248,9 +370,12 @@ class SharedMemoryTransport(ServerTransport):
         Allocate replica blocks (phase two).
     context : multiprocessing context
         From ``multiprocessing.get_context(start_method)``.
+    stall_timeout : float or None
+        Seconds without a worker's heartbeat after which :meth:`check_workers` raises
+        :class:`WorkerStalled`; None: never.
     """
 
-    def __init__(self, model, X, y, *, n_workers, n_slots, partitions, replicas, context):
+    def __init__(self, model, X, y, *, n_workers, n_slots, partitions, replicas, context, stall_timeout=None):
         self._holding_all = False  # inside model_lock(): this (server) thread holds every layer's lock
         self.n_workers = n_workers
         self.n_slots = n_slots
@@ -263,12 +388,15 @@ class SharedMemoryTransport(ServerTransport):
         self.context = context
         self.processes = []
         self._expected_exit = False
+        self.stall_timeout = stall_timeout
+        self._watch = None if stall_timeout is None else StallWatch(n_workers, stall_timeout)
+        self._stalled = set()
         #: Seconds the server spent waiting for a message (its idle time).
         self.idle_seconds = 0.0
         layout = {"control": ((4,), np.int64), "meta": ((self.n_layers, 2), np.int64),
                   "X": (X.shape, np.float32), "y": (y.shape, y.dtype),
                   "orders": ((n_workers, max(len(p) for p in partitions)), np.int64),
-                  "times": (time_table_shape(n_workers), np.float64)}
+                  "times": (time_table_shape(n_workers), np.float64), "beats": ((n_workers, 3), np.int64)}
         for l, layer in enumerate(model.layers):
             cap, n_in, n_out = self.caps[l], layer.n_in, layer.n_out
             layout.update({f"indptr_{l}": ((n_in + 1,), np.int64), f"indices_{l}": ((cap,), np.int32),
@@ -315,6 +443,8 @@ class SharedMemoryTransport(ServerTransport):
             pipes = [context.Pipe(duplex=False) for _ in range(n_workers)]
             self.readers = [reader for reader, _ in pipes]
             self.writers = [writer for _, writer in pipes]
+            # Never written: its end-of-file tells the workers the server is gone, whatever killed it.
+            self._lifeline_reader, self._lifeline = context.Pipe(duplex=False)
             self._open_readers = list(self.readers)
             self._poller = self._reader_of = None
             self._inbox = collections.deque()
@@ -353,6 +483,7 @@ class SharedMemoryTransport(ServerTransport):
         return dict(worker=worker, prefix=self.prefix, specs=self.blocks.specs, locks=self.locks,
                     bounds=self.bounds[worker],
                     slot=self.slots[worker], replica_free=self.replica_free[worker], pipe=self.writers[worker],
+                    lifeline=self._lifeline_reader,
                     n_layers=self.n_layers, n_slots=self.n_slots, sizes=self.sizes, model_kind=self.model_kind)
 
     @property
@@ -365,10 +496,15 @@ class SharedMemoryTransport(ServerTransport):
         return [(w, p.exitcode) for w, p in enumerate(self.processes) if p.exitcode is not None]
 
     def shutdown(self, timeout=10.0):
-        """Ask every worker to stop, wait up to ``timeout`` seconds, then terminate and kill stragglers."""
+        """Ask every worker to stop, wait up to ``timeout`` seconds, then terminate and kill stragglers.
+
+        A stalled or stopped worker is killed at once: a stopped process acts on neither STOP nor SIGTERM."""
         if self._expected_exit:
             return
         self._expected_exit = True
+        for worker, process in enumerate(self.processes):
+            if worker in self._stalled or (process.is_alive() and _is_stopped(process.pid)):
+                process.kill()
         if not self.blocks._closed:
             self.blocks["control"][0] = STOP
         for semaphore in self.slots + self.replica_free:
@@ -392,6 +528,8 @@ class SharedMemoryTransport(ServerTransport):
     def close(self):
         """Unlink every shared block (call after :meth:`shutdown`)."""
         self.blocks.close()
+        self._lifeline.close()
+        self._lifeline_reader.close()
 
     # -- ServerTransport ---------------------------------------------------------------------------------
 
@@ -466,7 +604,8 @@ class SharedMemoryTransport(ServerTransport):
 
     @contextlib.contextmanager
     def lock(self, layer):
-        if self._holding_all:
+        # After shutdown no worker runs, and a lock that a killed worker held stays taken for ever.
+        if self._holding_all or self._expected_exit:
             yield
             return
         # A worker killed while holding the lock would block the server for ever: wait in steps
@@ -479,10 +618,28 @@ class SharedMemoryTransport(ServerTransport):
             self.locks[layer].release()
 
     def check_workers(self):
-        """Raise :class:`WorkerFailed` naming the first worker that ended unexpectedly."""
+        """Raise :class:`WorkerFailed` naming the first worker that ended unexpectedly, or
+        :class:`WorkerStalled` naming one whose heartbeat stood still for the stall timeout."""
         failed = self.failed_workers()
         if failed:
             raise WorkerFailed(f"{describe_exit(*failed[0])} ended during training.")
+        if self._watch is None or self._expected_exit:
+            return
+        stalled = self._watch.stalled(self.blocks["beats"][:, 0], time.monotonic())
+        if stalled is not None:
+            self._stalled.add(stalled[0])
+            raise self._stall_error(*stalled)
+
+    def _stall_error(self, worker, seconds):
+        _, activity, detail = (int(v) for v in self.blocks["beats"][worker])
+        pid = self.processes[worker].pid
+        return WorkerStalled(
+            f"worker {worker} (pid {pid}) made no progress for {seconds:.1f}s while "
+            f"{describe_activity(activity, detail)}"
+            f"{' (the process is stopped, as by SIGSTOP or Ctrl-Z)' if _is_stopped(pid) else ''}; the stall timeout is "
+            f"{self.stall_timeout:g}s. A worker stopped by a signal or a debugger, or stuck, stalls the run; "
+            "if it was only slow (a very large network, an overloaded machine), raise the timeout "
+            "(--stall-timeout, or TrainConfig(stall_timeout=...)).")
 
     def layer_state(self, layer):
         b = self.blocks
@@ -504,7 +661,7 @@ class SharedMemoryTransport(ServerTransport):
             b["meta"][layer] = (version, nnz)
 
     def read_model(self):
-        return _read_model(self.blocks, None if self._holding_all else self.locks, self.sizes, self.model_kind)
+        return _read_model(self.blocks, self.lock, self.sizes, self.model_kind)
 
     def write_order(self, worker, order):
         self.blocks["orders"][worker, :order.shape[0]] = order
@@ -545,20 +702,16 @@ def _poller_of(readers):
     return poller, reader_of
 
 
-def _read_model(blocks, locks, sizes, model_kind):
+def _read_model(blocks, lock, sizes, model_kind):
+    """A private copy of the served model; ``lock(l)``: a context manager holding layer ``l`` (each side's
+    own, which waits in steps and gives up as that side must)."""
     layers = []
     for l in range(len(sizes) - 1):
-        # A lock held past the timeout belongs to a worker that died while holding it, and the server
-        # (the caller, or stopped) is not writing: read without it. ``locks`` None: the caller holds them.
-        locked = locks is not None and locks[l].acquire(timeout=5.0)
-        try:
+        with lock(l):
             nnz = int(blocks["meta"][l, 1])
             arrays = (blocks[f"indptr_{l}"].copy(), blocks[f"indices_{l}"][:nnz].copy(),
                       blocks[f"data_{l}"][:nnz].copy(), blocks[f"bias_{l}"].copy(),
                       blocks[f"velocity_{l}"][:nnz].copy(), blocks[f"bias_velocity_{l}"].copy())
-        finally:
-            if locked:
-                locks[l].release()
         # The column view is built outside the lock.
         layers.append(SparseLayer(sizes[l], sizes[l + 1], *arrays))
     return SparseMLP(layers, **model_kind)
@@ -583,12 +736,21 @@ class SharedMemoryWorkerTransport(WorkerTransport):
         self.slot = handle["slot"]
         self.replica_free = handle["replica_free"]
         self.pipe = handle["pipe"]
+        self.lifeline = handle["lifeline"]
         self.n_layers = handle["n_layers"]
         self.slot_count = handle["n_slots"]
         self.sizes = handle["sizes"]
         self.model_kind = handle["model_kind"]
         self.account = account
-        self._parent = multiprocessing.parent_process()
+        self._beats = self.blocks["beats"][self.worker]
+        self._activity = (STARTING, 0)
+        self._beating = False
+        self._gone = False
+        # One poll object for the worker's life: Connection.poll builds a selector per call.
+        self._lifeline_poll = None
+        if hasattr(select, "poll"):
+            self._lifeline_poll = select.poll()
+            self._lifeline_poll.register(self.lifeline.fileno(), select.POLLIN)
 
     def _charge(self, category):
         if self.account is not None:
@@ -605,25 +767,60 @@ class SharedMemoryWorkerTransport(WorkerTransport):
         """This worker's row of the shared time accounts."""
         return self.blocks["times"][self.worker]
 
+    def server_gone(self):
+        # The lifeline reads as end-of-file once the server has died: nothing is ever written to it.
+        if not self._gone:
+            if self._lifeline_poll is not None:
+                self._gone = bool(self._lifeline_poll.poll(0))
+            else:
+                self._gone = self.lifeline.poll()
+        return self._gone
+
     def command(self):
         # A server that died without saying STOP (SIGKILL) must not leave its workers running for ever.
-        if self._parent is not None and not self._parent.is_alive():
+        if self.server_gone():
             return STOP
         return int(self.blocks["control"][0])
 
+    def ready(self):
+        self._beating = True
+        self.beat(WAITING_TO_START)
+        self.send((READY, self.worker, os.getpid()))
+
+    def beat(self, activity, detail=0):
+        beats = self._beats
+        beats[1] = activity
+        beats[2] = detail
+        if self._beating:
+            beats[0] += 1
+        self._activity = (activity, detail)
+
     def acquire_slot(self, timeout):
+        self.beat(SLOT_WAIT)
         return self.slot.acquire(timeout=timeout)
+
+    def _wait_for(self, lock, activity, detail):
+        """Acquire ``lock``, beating while it waits (the holder, not this worker, is the one stalled);
+        raises :class:`Stopped` when the server says STOP or is gone meanwhile."""
+        self.beat(activity, detail)
+        while not lock.acquire(timeout=WORKER_POLL):
+            if self.command() == STOP:
+                raise Stopped
+            self.beat(activity, detail)
 
     @contextlib.contextmanager
     def _locked_layer(self, layer):
         """Hold ``layer``'s lock (the wait charged as lock_wait); yields its ``(version, nnz)``."""
         self._charge("other")
-        self.locks[layer].acquire()
+        before = self._activity
+        self._wait_for(self.locks[layer], LOCK_WAIT, layer)
         acquired = self._charge("lock_wait")
+        self.beat(HOLDING_LOCK, layer)
         try:
             yield tuple(int(v) for v in self.blocks["meta"][layer])
         finally:
             self.locks[layer].release()
+            self.beat(*before)
             if self.account is not None:
                 # How long the others may have had to wait: with K workers, what limits K.
                 self.account.held_lock(time.perf_counter() - acquired)
@@ -672,23 +869,24 @@ class SharedMemoryWorkerTransport(WorkerTransport):
         return tuple(applied)
 
     def push_gradient(self, slot, versions, loss, n_correct, n_samples, applied):
-        self.pipe.send((GRADIENT, self.worker, slot, tuple(versions), float(loss), int(n_correct), int(n_samples),
-                        tuple(bool(a) for a in applied)))
+        self.send((GRADIENT, self.worker, slot, tuple(versions), float(loss), int(n_correct), int(n_samples),
+                   tuple(bool(a) for a in applied)))
 
     def release_own_slot(self):
         self.slot.release()
 
     def report_applied(self, steps, loss_sum, n_correct, n_samples):
-        self.pipe.send((APPLIED, self.worker, int(steps), float(loss_sum), int(n_correct), int(n_samples)))
+        self.send((APPLIED, self.worker, int(steps), float(loss_sum), int(n_correct), int(n_samples)))
 
     def order(self, size):
         return self.blocks["orders"][self.worker, :size].copy()
 
     def read_model(self):
-        return _read_model(self.blocks, self.locks, self.sizes, self.model_kind)
+        return _read_model(self.blocks, self._locked_layer, self.sizes, self.model_kind)
 
     def publish_replica(self, model, epoch, loss, n_correct, n_samples, timeout):
         self._charge("other")
+        self.beat(PUBLISHING, epoch)
         if not self.replica_free.acquire(timeout=timeout):
             self._charge("slot_wait")
             return False
@@ -701,13 +899,18 @@ class SharedMemoryWorkerTransport(WorkerTransport):
             b[f"rep_data_{l}"][self.worker, :nnz] = layer.data
             b[f"rep_bias_{l}"][self.worker] = layer.bias
             b["rep_nnz"][self.worker, l] = nnz
-        self.pipe.send((REPLICA, self.worker, int(epoch), float(loss), int(n_correct), int(n_samples)))
+        self.send((REPLICA, self.worker, int(epoch), float(loss), int(n_correct), int(n_samples)))
         self._charge("data")
         return True
 
     def send(self, message):
-        self.pipe.send(message)
+        try:
+            self.pipe.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            raise Stopped from None  # the server's end closed: it is gone
 
     def close(self):
+        self._beats = None  # a view kept past this would keep its segment from closing
         self.blocks.close()
         self.pipe.close()
+        self.lifeline.close()
