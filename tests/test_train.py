@@ -102,7 +102,7 @@ def test_output_folder(dataset, tmp_path):
     out = tmp_path / "run"
     config = _config(epochs=3)
     model, summary = _fit(data, config, out_dir=str(out))
-    assert sorted(os.listdir(out)) == ["metrics.jsonl", "model.npz", "summary.json"]
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "metrics.jsonl", "model.npz", "summary.json"]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
     records = [json.loads(line) for line in lines]
@@ -263,3 +263,26 @@ def test_fit_accepts_float64_features(data):
     model32, summary32 = _fit(data, config)
     assert summary64["stopped"] == "completed"
     assert _same_weights(model64, model32)
+
+
+def test_summary_records_how_the_run_started_and_the_compile_time(dataset, tmp_path):
+    import wasap
+    from wasap import train as train_module
+
+    config = _config(epochs=2)
+    train_module._PREPARED.clear()
+    lines = []
+    model = _model(dataset, config)
+    fit(model, dataset, config, out_dir=str(tmp_path / "run"), progress=False, log=lines.append,
+        command_line=["--epochs", "2"])
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["dataset"] == "blobs"
+    assert written["wasap_version"] == wasap.__version__
+    assert written["command_line"] == ["--epochs", "2"]
+    assert written["started_at"].endswith("+00:00") and written["resumed_from"] is None
+    assert written["compile_seconds"] > 0
+    assert sum("preparing the numba kernels" in line for line in lines) == 1
+    # The kernels are prepared once a process: a second run says nothing about them.
+    lines.clear()
+    fit(_model(dataset, config), dataset, config, progress=False, log=lines.append)
+    assert not any("numba kernels" in line for line in lines)

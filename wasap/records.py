@@ -4,6 +4,8 @@ The key names are a contract (README, "Output files"): tools and benchmarks
 read any run through them.
 """
 
+import datetime
+import fcntl
 import json
 import math
 import os
@@ -11,7 +13,8 @@ import resource
 import sys
 import time
 
-from .files import atomic_file
+from .checkpoint import CHECKPOINT_FILE
+from .files import atomic_file, is_temporary
 
 
 class OutputDirError(ValueError):
@@ -65,23 +68,68 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def prepare_output_dir(out_dir, *, overwrite):
-    """Create ``out_dir``; refuse a non-empty one unless ``overwrite``."""
+#: The files a run writes into its output folder; ``overwrite`` replaces these and leaves others alone.
+OUTPUT_FILES = ("metrics.jsonl", "summary.json", "model.npz", "profile.json", CHECKPOINT_FILE)
+
+
+class OutputWriteError(RuntimeError):
+    """Writing the output folder failed (disk full, folder gone, no permission); the message says what was kept."""
+
+
+def prepare_output_dir(out_dir, *, overwrite=False, resume=False):
+    """Create and lock ``out_dir`` for one run; returns the lock (an open descriptor of the folder).
+
+    A folder holding anything but the temporary files of a killed write is
+    refused unless ``overwrite`` (which replaces a run's :data:`OUTPUT_FILES`
+    and keeps other files) or ``resume`` (which continues the run in it).
+    While one run holds the lock, a second run into the same folder is refused.
+    """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise OutputDirError(f"--out {out_dir!r} exists and is not a folder; give a folder path.")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise OutputDirError(
-            f"--out {out_dir!r} exists and is not empty; choose a new folder, or pass --overwrite to replace "
-            "the run in it."
-        )
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as error:
         raise OutputDirError(f"cannot create the output folder {out_dir!r}: {error.strerror}.") from error
-    if overwrite:
-        for name in ("metrics.jsonl", "summary.json", "model.npz", "profile.json"):
-            if os.path.exists(os.path.join(out_dir, name)):
+    lock = _lock_folder(out_dir)
+    try:
+        names = [name for name in os.listdir(out_dir) if not is_temporary(name)]
+        if names and not (overwrite or resume):
+            raise OutputDirError(
+                f"--out {out_dir!r} exists and is not empty; choose a new folder, pass --resume {out_dir} to "
+                f"continue the run in it, or --overwrite to replace its run ({', '.join(OUTPUT_FILES)}; other "
+                "files are left alone)."
+            )
+        for name in os.listdir(out_dir):
+            if is_temporary(name) or (overwrite and not resume and name in OUTPUT_FILES):
                 os.unlink(os.path.join(out_dir, name))
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
+
+
+def _lock_folder(out_dir):
+    """An exclusive lock on the folder itself (flock on its descriptor: no lock file to leave behind)."""
+    descriptor = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise OutputDirError(f"another wasap run is writing to {out_dir!r} right now; wait for it to end or "
+                             "choose another folder.") from None
+    except OSError:
+        pass  # file systems without flock: no protection, but no reason to refuse the run
+    return descriptor
+
+
+def run_facts(data=None, command_line=None):
+    """What summary.json records about how a run was started: data set, wasap version, time, command line."""
+    from . import __version__
+
+    return dict(dataset=None if data is None else (getattr(data, "description", "") or getattr(data, "name", None)),
+                wasap_version=__version__,
+                started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command_line=command_line)
 
 
 class RunRecorder:
@@ -93,17 +141,31 @@ class RunRecorder:
         None keeps everything in memory.
     config : wasap.config.TrainConfig
     overwrite : bool
+        Replace the run in a non-empty ``out_dir``.
+    resume : dict, optional
+        The state of the checkpoint this run continues (:func:`wasap.checkpoint.load_checkpoint`):
+        its metrics become this run's first epochs, and metrics.jsonl is rewritten to hold each once.
+    facts : dict, optional
+        Added to summary.json (:func:`run_facts`).
+
+    The folder stays locked against other runs until :meth:`close`.
     """
 
-    def __init__(self, out_dir, config, *, overwrite=False):
+    def __init__(self, out_dir, config, *, overwrite=False, resume=None, facts=None):
         self.out_dir = out_dir
         self.config = config
-        self.history = []
-        self.extra = {}
+        self.history = [dict(record) for record in resume["history"]] if resume else []
+        self.extra = dict(facts or {})
+        self.resumed_from = resume["epoch"] if resume else None
+        self._elapsed_before = resume["elapsed_seconds"] if resume else 0.0
+        self._lock = None
         if out_dir is not None:
-            prepare_output_dir(out_dir, overwrite=overwrite)
+            self._lock = prepare_output_dir(out_dir, overwrite=overwrite, resume=resume is not None)
+            if resume:
+                self._write(self.path("metrics.jsonl"), "w",
+                            "".join(_json_line(record) for record in self.history), atomic=True)
         self._started = time.perf_counter()
-        self.nnz_start = None
+        self.nnz_start = resume["nnz_start"] if resume else None
         self.init_seconds = None
 
     def path(self, name):
@@ -111,17 +173,21 @@ class RunRecorder:
 
     def start(self, model, *, init_seconds=None):
         """Note the model's size before training (and how long building it took)."""
-        self.nnz_start = model.nnz_per_layer()
+        if self.nnz_start is None:
+            self.nnz_start = model.nnz_per_layer()
         if init_seconds is not None:
             self.init_seconds = init_seconds
+
+    def elapsed_seconds(self):
+        """Seconds of this run so far, those before the checkpoint it resumed from included."""
+        return self._elapsed_before + time.perf_counter() - self._started
 
     def epoch(self, **fields):
         """Record one epoch (the metrics.jsonl keys) and append it to metrics.jsonl."""
         record = {key: (value.tolist() if hasattr(value, "tolist") else value) for key, value in fields.items()}
         self.history.append(record)
         if self.out_dir is not None:
-            with open(self.path("metrics.jsonl"), "a") as stream:
-                stream.write(json.dumps(_strict(record), allow_nan=False) + "\n")
+            self._write(self.path("metrics.jsonl"), "a", _json_line(record))
         return record
 
     @staticmethod
@@ -147,19 +213,66 @@ class RunRecorder:
             final_test_loss=self.history[-1]["test_loss"] if self.history else None,
             epochs_completed=len(self.history),
             stopped=stop_reason,
+            resumed_from=self.resumed_from,
             nnz_start=self.nnz_start,
             nnz_end=model.nnz_per_layer(),
             init_seconds=self.init_seconds,
-            total_seconds=time.perf_counter() - self._started,
+            total_seconds=self.elapsed_seconds(),
             peak_rss_bytes=peak_rss_bytes(),
             **self.extra,
         )
 
-    def finish(self, model, stop_reason, *, classes=None):
-        """Write summary.json and model.npz; return the summary with ``history`` added."""
+    def finish(self, model, stop_reason, *, classes=None, preprocessing=None):
+        """Write summary.json and model.npz; return the summary with ``history`` added.
+
+        ``classes`` and ``preprocessing`` (:class:`wasap.preprocessing.Preprocessing`) go into
+        model.npz, so that the model can predict raw rows (:meth:`wasap.model.SparseMLP.predict`).
+
+        Raises
+        ------
+        OutputWriteError
+            When a file cannot be written; the message says what the folder still holds.
+        """
         summary = self.summary(model, stop_reason)
         if self.out_dir is not None:
-            model.save(self.path("model.npz"), metadata=dict(config=self.config.to_dict(), stopped=stop_reason),
-                       classes=classes)
-            write_json_atomic(self.path("summary.json"), summary)
+            self.guarded_write(lambda: model.save(
+                self.path("model.npz"), metadata=dict(config=self.config.to_dict(), stopped=stop_reason),
+                classes=classes, preprocessing=preprocessing), self.path("model.npz"))
+            self.guarded_write(lambda: write_json_atomic(self.path("summary.json"), summary),
+                             self.path("summary.json"))
         return dict(summary, history=self.history)
+
+    def close(self):
+        """Release the output folder's lock."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def _write(self, path, mode, text, *, atomic=False):
+        def write():
+            if atomic:
+                with atomic_file(path, mode) as stream:
+                    stream.write(text)
+            else:
+                with open(path, mode) as stream:
+                    stream.write(text)
+        self.guarded_write(write, path)
+
+    def guarded_write(self, write, path):
+        """Run ``write``; turn an OSError into an :class:`OutputWriteError` that says what was kept."""
+        try:
+            write()
+        except OSError as error:
+            raise OutputWriteError(f"cannot write {path}: {error.strerror or error}. {self.kept()}") from error
+
+    def kept(self):
+        """One sentence on what the output folder holds that a user can continue from."""
+        checkpoint = self.path(CHECKPOINT_FILE)
+        if checkpoint is not None and os.path.exists(checkpoint):
+            return (f"The last checkpoint, {checkpoint}, is intact: free some space and continue with "
+                    f"`python -m wasap.run --resume {self.out_dir}`.")
+        return "No checkpoint had been written yet."
+
+
+def _json_line(record):
+    return json.dumps(_strict(record), allow_nan=False) + "\n"

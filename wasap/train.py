@@ -12,10 +12,13 @@ import time
 import numpy as np
 
 from . import kernels
-from .kernels import gather_transposed
+from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer, load_checkpoint
 from .data import DataError, validate_features, validate_training_data
+from .kernels import gather_transposed
 from .model import SparseMLP, stream_seed
-from .records import RunRecorder
+from .records import RunRecorder, run_facts
+from .signals import StopSignals
+from .signals import stop_reason as stop_reason_of
 
 
 class TrainingDiverged(RuntimeError):
@@ -23,17 +26,19 @@ class TrainingDiverged(RuntimeError):
 
 
 def default_threads():
-    """One kernel thread per idle core this process may use, at least one.
+    """One kernel thread per idle core this process may use, at least one, at most numba's pool.
 
     numba's threads slow down many-fold when another process competes for
-    their cores, so busy cores (by the 1-minute load average) are left out.
+    their cores, so busy cores (by the 1-minute load average) are left out;
+    :func:`wasap.kernels.max_threads` bounds the count by the cores and by
+    ``NUMBA_NUM_THREADS``.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = kernels.available_cores()
     try:
         busy = int(math.floor(os.getloadavg()[0] + 0.5))
     except OSError:
         busy = 0
-    return max(1, min(cores, cores - busy + 1))
+    return max(1, min(kernels.max_threads(), cores - busy + 1))
 
 
 def batches_of(order, batch_size):
@@ -55,6 +60,11 @@ class SequentialTrainer:
     ----------
     step : int
         Batches trained so far (seeds each batch's dropout masks).
+    position : dict or None
+        Inside an epoch: the batches of it done so far, their loss and correct
+        counts, and the random stream's state the epoch's order was drawn from;
+        None between epochs. With :attr:`step`, the random stream and the model
+        it makes :meth:`state_dict`.
     """
 
     def __init__(self, model, config):
@@ -62,16 +72,29 @@ class SequentialTrainer:
         self.config = config
         self.rng = np.random.default_rng(stream_seed(config.seed, 0x5E7))
         self.step = 0
+        self.position = None
+
+    def state_dict(self):
+        """The trainer's state besides the model, JSON-ready: what an exact continuation needs."""
+        return dict(step=self.step, rng=self.rng.bit_generator.state,
+                    position=None if self.position is None else dict(self.position))
+
+    def load_state_dict(self, state):
+        """Continue from :meth:`state_dict`; a position inside an epoch resumes that epoch at its next batch."""
+        self.step = int(state["step"])
+        self.rng.bit_generator.state = state["rng"]
+        self.position = None if state["position"] is None else dict(state["position"])
 
     def train_epoch(self, X, y, *, progress=None):
-        """One pass over the data in a fresh random order.
+        """One pass over the data in a fresh random order (or the rest of an epoch :meth:`load_state_dict` resumed).
 
         Parameters
         ----------
         X : (n_samples, n_features) float32
         y : (n_samples,) int class indices, or (n_samples, n_outputs) float32 targets (mse)
         progress : callable, optional
-            Called with the number of samples done after each batch.
+            Called with the number of samples done after each batch, when
+            :attr:`position` describes the epoch so far.
 
         Returns
         -------
@@ -89,10 +112,15 @@ class SequentialTrainer:
         model = self.model
         X = np.ascontiguousarray(X, dtype=np.float32)  # no copy when it already is
         regression = model.loss != "cross-entropy"
-        total_loss = 0.0
-        total_correct = 0
+        position = self.position
+        if position is None:
+            position = dict(order_rng=self.rng.bit_generator.state, batches=0, loss_sum=0.0, correct=0)
+        else:
+            # The order is drawn again from the state it was first drawn from: the same order.
+            self.rng.bit_generator.state = position["order_rng"]
+        batches = batches_of(self.rng.permutation(X.shape[0]), cfg.batch_size)
         in_parts = cfg.micro_batch is not None and cfg.micro_batch < cfg.batch_size
-        for rows in batches_of(self.rng.permutation(X.shape[0]), cfg.batch_size):
+        for rows in batches[position["batches"]:]:
             # Micro-batches have workspaces of their own: no activations for the whole batch.
             into = None if in_parts else model.workspace(rows.shape[0], training=True).x_t
             x_t = gather_transposed(X, rows, into)
@@ -104,13 +132,23 @@ class SequentialTrainer:
             )
             self.step += 1
             if not math.isfinite(loss):
+                self.position = None
                 raise TrainingDiverged(f"the loss became {loss} at step {self.step}")
-            total_loss += loss * rows.shape[0]
-            total_correct += n_correct
+            position = dict(position, batches=position["batches"] + 1,
+                            loss_sum=position["loss_sum"] + loss * rows.shape[0],
+                            correct=position["correct"] + n_correct)
+            self.position = position
             if progress is not None:
                 progress(rows.shape[0])
+        self.position = None
         n = X.shape[0]
-        return total_loss / n, (float("nan") if regression else total_correct / n)
+        return position["loss_sum"] / n, (float("nan") if regression else position["correct"] / n)
+
+    def samples_done(self, n_samples):
+        """Samples of the epoch in progress already trained (0 between epochs)."""
+        if self.position is None:
+            return 0
+        return min(n_samples, self.position["batches"] * self.config.batch_size)
 
     def evolve(self):
         """One SET step on every layer."""
@@ -161,93 +199,254 @@ def check_data(model, data):
 
 
 def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=print, overwrite=False,
-        keep_last_good=True, init_seconds=None):
+        keep_last_good=True, init_seconds=None, resume=None, checkpoint_every=DEFAULT_EVERY, command_line=None):
     """Train ``model`` for ``config.epochs`` epochs and record the run.
 
     Each epoch: train, evaluate on the test split, then Importance Pruning (when
-    due) and SET evolution (not after the last). Ctrl-C stops cleanly and keeps
-    the model trained so far; a loss or weight that turns NaN stops the run and
-    restores the model of the last good epoch.
+    due) and SET evolution (not after the last). With an ``out_dir`` the run
+    writes checkpoints there (:mod:`wasap.checkpoint`) and can be continued
+    exactly with ``resume``. Ctrl-C or SIGTERM stops after the batch in
+    progress (a second one at once) and keeps the model trained so far; a loss
+    or weight that turns NaN stops the run and restores the last good model.
 
     Parameters
     ----------
     model : SparseMLP
-        Trained in place.
+        Trained in place (with ``resume``: the checkpoint's model).
     data : wasap.data.Dataset
         ``X_train`` (n, n_features) float32, ``y_train``, ``X_test``, ``y_test``.
     config : wasap.config.TrainConfig
     out_dir : str, optional
-        Receives metrics.jsonl, summary.json and model.npz (see the README).
+        Receives metrics.jsonl, summary.json, model.npz and checkpoint.npz (see the README).
     trainer : object, optional
         Anything with ``train_epoch(X, y, progress=)`` and ``end_of_epoch(epoch, last)``;
-        a :class:`SequentialTrainer` by default.
+        a :class:`SequentialTrainer` by default. Checkpoints need its
+        ``state_dict`` and ``load_state_dict`` too; without them none are written.
     progress : bool, optional
         Progress bars; None shows them only on a terminal.
     log : callable
         Receives one line of text per event (None: silent).
     overwrite : bool
-        Allow a non-empty ``out_dir``.
+        Allow a non-empty ``out_dir`` (its run's files are replaced).
     keep_last_good : bool
-        Keep a copy of the last finite model to fall back on if training diverges.
+        Keep the last finite model to fall back on if training diverges: the last
+        checkpoint when there are checkpoints, else a copy in memory.
     init_seconds : float, optional
         How long building the model took, for summary.json.
+    resume : dict, optional
+        The state of the checkpoint in ``out_dir`` that ``model`` was loaded from
+        (:func:`wasap.checkpoint.load_checkpoint`): training goes on from there,
+        to the model an uninterrupted run would have given.
+    checkpoint_every : float
+        Seconds between checkpoints inside an epoch (:class:`wasap.checkpoint.Checkpointer`).
+    command_line : list of str, optional
+        The command line that started the run, for summary.json and ``--resume``.
 
     Returns
     -------
     dict
         The run's summary (as written to summary.json), with its per-epoch
         ``history`` added.
-    """
-    from tqdm.auto import tqdm
 
+    Raises
+    ------
+    wasap.records.OutputWriteError
+        When an output file cannot be written (disk full); the message says what was kept.
+    """
     log = log or (lambda line: None)
     check_data(model, data)
     kernels.set_threads(config.threads or default_threads())
-    recorder = RunRecorder(out_dir, config, overwrite=overwrite)
     trainer = trainer or SequentialTrainer(model, config)
-    recorder.start(model, init_seconds=init_seconds)
-    disable = (not progress) if progress is not None else None
-    last_good = model.copy() if keep_last_good else None
-    stop_reason = "completed"
-    n_train = data.X_train.shape[0]
-    epochs = tqdm(range(1, config.epochs + 1), desc="epochs", unit="epoch", disable=disable, dynamic_ncols=True)
+    resumable = hasattr(trainer, "state_dict") and hasattr(trainer, "load_state_dict")
+    if resume is not None:
+        if not resumable:
+            raise ValueError("resume needs a trainer with state_dict() and load_state_dict(), as SequentialTrainer.")
+        trainer.load_state_dict(resume["trainer"])
+    recorder = RunRecorder(out_dir, config, overwrite=overwrite, resume=resume,
+                           facts=run_facts(data, command_line))
     try:
-        for epoch in epochs:
-            with tqdm(total=n_train, desc=f"epoch {epoch}", unit="sample", leave=False, disable=disable,
-                      dynamic_ncols=True, mininterval=0.5) as bar:
-                started = time.perf_counter()
-                train_loss, train_accuracy = trainer.train_epoch(data.X_train, data.y_train, progress=bar.update)
-                train_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            test_loss, test_accuracy = model.evaluate(data.X_test, data.y_test)
-            eval_seconds = time.perf_counter() - started
-            if not (math.isfinite(test_loss) and model.is_finite()):
-                raise TrainingDiverged(f"the weights became non-finite in epoch {epoch}")
-            started = time.perf_counter()
-            trainer.end_of_epoch(epoch, last=epoch == config.epochs)
-            evolve_seconds = time.perf_counter() - started
-            record = recorder.epoch(epoch=epoch, train_loss=train_loss, train_accuracy=train_accuracy,
-                                    test_loss=test_loss, test_accuracy=test_accuracy, nnz=model.nnz_per_layer(),
-                                    train_seconds=train_seconds, eval_seconds=eval_seconds,
-                                    evolve_seconds=evolve_seconds)
-            if keep_last_good:
-                last_good = model.copy()
-            epochs.set_postfix(loss=f"{train_loss:.4f}", test_acc=_percent(test_accuracy), nnz=model.nnz)
-            if epochs.disable:
-                log(recorder.describe(record))
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-        log("Interrupted: keeping the model trained so far.")
-    except TrainingDiverged as error:
-        stop_reason = "diverged"
-        if last_good is not None:
-            model.layers = last_good.layers
-            model.release_workspaces()
-        log(f"Training diverged ({error}); kept the model of the last good epoch. "
-            "Lower the learning rate (--lr) or raise the weight decay, and check the inputs are scaled.")
+        checkpoints = None
+        if out_dir is not None and resumable:
+            checkpoints = Checkpointer(recorder.path(CHECKPOINT_FILE), checkpoint_every)
+            checkpoints.epoch = None if resume is None else resume["epoch"]
+        run = _Run(model, data, config, trainer, recorder, checkpoints, command_line=command_line, log=log)
+        return run.train(progress=progress, keep_last_good=keep_last_good, init_seconds=init_seconds,
+                         first_epoch=1 if resume is None else resume["epoch"] + 1)
     finally:
-        epochs.close()
-    return recorder.finish(model, stop_reason, classes=getattr(data, "classes", None))
+        recorder.close()
+
+
+class _Run:
+    """One :func:`fit` call: the epoch loop, its checkpoints, its stop signals and its fallback."""
+
+    def __init__(self, model, data, config, trainer, recorder, checkpoints, *, command_line, log):
+        self.model = model
+        self.data = data
+        self.config = config
+        self.trainer = trainer
+        self.recorder = recorder
+        self.checkpoints = checkpoints
+        self.command_line = command_line
+        self.log = log
+        self.classes = getattr(data, "classes", None)
+
+    def checkpoint(self):
+        """Write a checkpoint of the model and the trainer as they are now (a consistent point)."""
+        history = self.recorder.history
+        state = dict(epoch=history[-1]["epoch"] if history else 0, trainer=self.trainer.state_dict(),
+                     history=history, nnz_start=self.recorder.nnz_start,
+                     elapsed_seconds=self.recorder.elapsed_seconds(), config=self.config.to_dict(),
+                     run=dict(command_line=self.command_line))
+        self.recorder.guarded_write(lambda: self.checkpoints.write(self.model, state, classes=self.classes),
+                                    self.checkpoints.path)
+
+    def train(self, *, progress, keep_last_good, init_seconds, first_epoch):
+        from tqdm.auto import tqdm
+
+        model, data, config, trainer, recorder, checkpoints = (
+            self.model, self.data, self.config, self.trainer, self.recorder, self.checkpoints)
+        log = self.log
+        recorder.start(model, init_seconds=init_seconds)
+        recorder.extra["compile_seconds"] = prepare_kernels(model, data, config, log)
+        if checkpoints is not None and checkpoints.epoch is None:
+            # A run killed before its first epoch ends can start again from here, and a divergence
+            # in epoch 1 has a model to go back to.
+            self.checkpoint()
+        fallback = _Fallback(model, checkpoints if keep_last_good else None, in_memory=keep_last_good)
+        disable = (not progress) if progress is not None else None
+        stop_reason = "completed"
+        n_train = data.X_train.shape[0]
+        epochs = tqdm(range(first_epoch, config.epochs + 1), initial=first_epoch - 1, total=config.epochs,
+                      desc="epochs", unit="epoch", disable=disable, dynamic_ncols=True)
+        with StopSignals(log) as stop:
+            try:
+                for epoch in epochs:
+                    done = trainer.samples_done(n_train) if hasattr(trainer, "samples_done") else 0
+                    with tqdm(total=n_train, initial=done, desc=f"epoch {epoch}", unit="sample", leave=False,
+                              disable=disable, dynamic_ncols=True, mininterval=0.5) as bar:
+                        def after_batch(n_samples):
+                            bar.update(n_samples)
+                            stop.check()
+                            if checkpoints is not None and checkpoints.due(mid_epoch=True) and model.is_finite():
+                                self.checkpoint()
+
+                        started = time.perf_counter()
+                        train_loss, train_accuracy = trainer.train_epoch(data.X_train, data.y_train,
+                                                                         progress=after_batch)
+                        train_seconds = time.perf_counter() - started
+                    started = time.perf_counter()
+                    test_loss, test_accuracy = model.evaluate(data.X_test, data.y_test)
+                    eval_seconds = time.perf_counter() - started
+                    if not (math.isfinite(test_loss) and model.is_finite()):
+                        raise TrainingDiverged(f"the weights became non-finite in epoch {epoch}")
+                    started = time.perf_counter()
+                    trainer.end_of_epoch(epoch, last=epoch == config.epochs)
+                    evolve_seconds = time.perf_counter() - started
+                    record = recorder.epoch(epoch=epoch, train_loss=train_loss, train_accuracy=train_accuracy,
+                                            test_loss=test_loss, test_accuracy=test_accuracy,
+                                            nnz=model.nnz_per_layer(), train_seconds=train_seconds,
+                                            eval_seconds=eval_seconds, evolve_seconds=evolve_seconds)
+                    fallback.keep()
+                    if checkpoints is not None and checkpoints.due(mid_epoch=False):
+                        self.checkpoint()
+                    epochs.set_postfix(loss=f"{train_loss:.4f}", test_acc=_percent(test_accuracy), nnz=model.nnz)
+                    if epochs.disable:
+                        log(recorder.describe(record))
+                    if epoch < config.epochs:
+                        stop.check()
+            except KeyboardInterrupt as error:
+                stop_reason = stop_reason_of(error)
+                if checkpoints is not None and getattr(error, "at_safe_point", False):
+                    self.checkpoint()
+                log(f"{'Terminated (SIGTERM)' if stop_reason == 'terminated' else 'Interrupted'}: "
+                    "keeping the model trained so far.")
+            except TrainingDiverged as error:
+                stop_reason = "diverged"
+                recorder.extra["error"] = (f"Training diverged ({error}); {fallback.restore()} Lower the learning "
+                                           "rate (--lr) or raise the weight decay, and check the inputs are scaled.")
+                log(recorder.extra["error"])
+            finally:
+                epochs.close()
+            with stop.deferred():
+                return recorder.finish(model, stop_reason, classes=self.classes,
+                                       preprocessing=getattr(data, "preprocessing", None))
+
+
+class _Fallback:
+    """The model to go back to when training diverges: the last checkpoint on disk, else a copy in memory."""
+
+    def __init__(self, model, checkpoints, *, in_memory):
+        self.model = model
+        self.checkpoints = checkpoints
+        # With checkpoints on disk the copy (as large as the model) is not needed.
+        self.copy = model.copy() if in_memory and checkpoints is None else None
+
+    def keep(self):
+        """Note the model after a good epoch."""
+        if self.copy is not None:
+            self.copy = None  # the old copy goes first: two copies beside the model would be a third model's size
+            self.copy = self.model.copy()
+
+    def restore(self):
+        """Put the last good model back; returns a sentence saying which."""
+        if self.checkpoints is not None:
+            good, state = load_checkpoint(self.checkpoints.path)
+            position = state["trainer"].get("position")
+            where = f"epoch {state['epoch']}" + (f" and {position['batches']} batches" if position else "")
+            sentence = f"kept the last checkpoint's model ({where})."
+        elif self.copy is not None:
+            good, sentence = self.copy, "kept the model of the last good epoch."
+        else:
+            return "the model is left as it was when training stopped."
+        self.model.layers = good.layers
+        self.model.release_workspaces()
+        return sentence
+
+
+#: The kinds of network whose kernels this process has compiled (see :func:`prepare_kernels`).
+_PREPARED = set()
+
+
+def prepare_kernels(model, data, config, log=None):
+    """Compile the kernels a run calls, or load them from numba's cache, before its first epoch.
+
+    numba compiles each kernel at its first call. Running one batch, one
+    evaluation and one evolution of a throwaway network of a few neurons
+    here makes that happen once, announced, rather than inside epoch 1,
+    whose time and progress bar it would distort.
+
+    Parameters
+    ----------
+    model : SparseMLP
+    data : wasap.data.Dataset
+    config : wasap.config.TrainConfig
+    log : callable, optional
+
+    Returns
+    -------
+    float
+        Seconds it took (0 when this process had prepared them already).
+    """
+    key = (model.activation, model.output_activation, model.loss, config.micro_batch is not None,
+           config.importance_pruning, model.n_features)
+    if key in _PREPARED:
+        return 0.0
+    log = log or (lambda line: None)
+    log("preparing the numba kernels (a first run compiles them; later runs load them from numba's cache)")
+    started = time.perf_counter()
+    tiny = SparseMLP.random([model.n_features, 4, model.n_outputs], epsilon=1.0, activation=model.activation,
+                            alpha=model.alpha, output_activation=model.output_activation, loss=model.loss,
+                            init=config.init, warn=False)
+    rows = min(data.X_train.shape[0], config.batch_size)
+    SequentialTrainer(tiny, config).train_epoch(data.X_train[:rows], data.y_train[:rows])
+    tiny.evaluate(data.X_test[:rows], data.y_test[:rows])
+    if config.importance_pruning:
+        tiny.importance_prune(config.ip_percentile)
+    tiny.evolve(config.zeta, np.random.default_rng(0), init=config.init)
+    _PREPARED.add(key)
+    seconds = time.perf_counter() - started
+    log(f"kernels ready in {seconds:.1f}s")
+    return seconds
 
 
 def _percent(value):

@@ -31,10 +31,15 @@ model trained so far is kept and written like after Ctrl-C, summary.json says
 :class:`~.transport.WorkerFailed` is raised with the same words (going on with
 fewer workers would change the data each epoch sees, and the synchronous
 variant's step, behind the user's back). No pipe or lock wait is unbounded:
-every wait has a timeout after which the workers' liveness is checked, and a
-worker whose server died stops by itself. Every shared segment is unlinked on
-every exit path (a SIGKILL of the main process leaves that to Python's
-resource tracker).
+every wait has a timeout after which the workers' liveness is checked. A worker
+that makes no progress for ``config.stall_timeout`` seconds (stopped by a signal,
+stuck) stops the run the same way, with ``stopped: "worker-stalled"`` and
+:class:`~.transport.WorkerStalled` saying what it was doing (holding layer 2's lock,
+say); it is killed, since a stopped process acts on no request. A worker whose
+server died stops by itself. Every shared segment is unlinked on every exit
+path (a SIGKILL of the main process leaves that to Python's resource tracker,
+and the next run sweeps what is left: :func:`~.shm.sweep_stale_segments`). A run
+stopped before its first epoch ends writes its outputs all the same.
 
 Reproducibility. Worker ``w`` of ``K`` owns rows ``w, w + K, ...`` of the
 training data; batch ``i`` of worker ``w`` drops out with
@@ -51,12 +56,9 @@ worker starts with); the server's own kernels (evaluation) run on one thread.
 """
 
 import collections
-import contextlib
 import math
 import multiprocessing
 import os
-import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,12 +66,15 @@ import numpy as np
 
 from .. import kernels
 from ..profiling import CpuSampler, build_profile, format_profile_table, write_profile
-from ..records import RunRecorder
-from ..train import TrainingDiverged
+from ..checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer
+from ..records import RunRecorder, run_facts
+from ..signals import StopSignals
+from ..signals import stop_reason as stop_reason_of
+from ..train import TrainingDiverged, check_data
 from .server import ParameterServer, averaged_model
 from .transport import (APPLIED, FAILED, GRADIENT, PHASE_TWO, READY, REPLICA, RUN, STOP, SharedMemoryTransport,
-                        WorkerFailed)
-from .worker import worker_main
+                        WorkerFailed, WorkerStalled)
+from .worker import WorkerStart, worker_main
 
 #: Worker start methods allowed: never "fork" (numba's threads and locks are not fork-safe).
 START_METHODS = ("spawn", "forkserver")
@@ -93,7 +98,8 @@ def resolve_workers(workers):
 
 
 def fit_parallel(model, data, config, *, out_dir=None, progress=None, log=print, overwrite=False,
-                 init_seconds=None, start_method="spawn", n_slots=2, profile_interval=0.5):
+                 init_seconds=None, start_method="spawn", n_slots=2, profile_interval=0.5, resume=None,
+                 checkpoint_every=DEFAULT_EVERY, command_line=None):
     """Train ``model`` with WASAP-SGD (or WASSP-SGD when ``config.sync``) and record the run.
 
     Parameters
@@ -119,6 +125,17 @@ def fit_parallel(model, data, config, *, out_dir=None, progress=None, log=print,
         Gradient slots per worker in the asynchronous variant (2: double buffering).
     profile_interval : float
         Seconds between CPU and memory samples.
+    resume : dict, optional
+        The state of the checkpoint in ``out_dir`` that ``model`` was loaded from
+        (:func:`wasap.checkpoint.load_checkpoint`). A synchronous run goes on to the
+        model an uninterrupted run would have given; an asynchronous one goes on
+        from the checkpoint's model (its gradients' order was never repeatable);
+        phase two starts its replicas again from the last average.
+    checkpoint_every : float
+        Seconds between checkpoints (:class:`wasap.checkpoint.Checkpointer`); phase
+        one writes them at epoch boundaries, phase two after each average.
+    command_line : list of str, optional
+        The command line that started the run, for summary.json and ``--resume``.
 
     Returns
     -------
@@ -127,46 +144,40 @@ def fit_parallel(model, data, config, *, out_dir=None, progress=None, log=print,
 
     Raises
     ------
+    wasap.data.DataError
+        Before anything starts, for data :func:`wasap.train.fit` refuses too (:func:`wasap.train.check_data`).
     WorkerFailed
-        After writing the outputs, when a worker process died.
+        After writing the outputs, when a worker process died, or stalled (:class:`~.transport.WorkerStalled`).
+    SharedMemoryFull
+        When /dev/shm cannot hold the run.
     """
     if start_method not in START_METHODS:
         raise ValueError(f"start_method must be one of {START_METHODS}; 'fork' is unsafe with numba's threads.")
+    check_data(model, data)
     log = log or (lambda line: None)
     n_workers = resolve_workers(config.workers)
     if data.X_train.shape[0] < n_workers:
         raise ValueError(f"{n_workers} workers need at least {n_workers} training samples (one partition each); "
                          f"got {data.X_train.shape[0]}.")
-    recorder = RunRecorder(out_dir, config, overwrite=overwrite)
-    recorder.start(model, init_seconds=init_seconds)
-    run = _ParallelRun(model, data, config, recorder, log=log, n_workers=n_workers, start_method=start_method,
-                       n_slots=1 if config.sync else max(1, int(n_slots)), profile_interval=profile_interval)
-    with _sigterm_as_interrupt():
-        return run.execute()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """While training, SIGTERM (``kill``, a job scheduler) stops like Ctrl-C: model kept, segments unlinked."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
+    recorder = RunRecorder(out_dir, config, overwrite=overwrite, resume=resume,
+                           facts=run_facts(data, command_line))
     try:
-        yield
+        recorder.start(model, init_seconds=init_seconds)
+        checkpoints = None if out_dir is None else Checkpointer(recorder.path(CHECKPOINT_FILE), checkpoint_every)
+        run = _ParallelRun(model, data, config, recorder, log=log, n_workers=n_workers, start_method=start_method,
+                           n_slots=1 if config.sync else max(1, int(n_slots)), profile_interval=profile_interval,
+                           checkpoints=checkpoints, resume=resume, command_line=command_line)
+        with StopSignals(log) as run.stop:
+            return run.execute()
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        recorder.close()
 
 
 class _ParallelRun:
     """The state of one :func:`fit_parallel` call (main process = parameter server)."""
 
-    def __init__(self, model, data, config, recorder, *, log, n_workers, start_method, n_slots, profile_interval):
+    def __init__(self, model, data, config, recorder, *, log, n_workers, start_method, n_slots, profile_interval,
+                 checkpoints=None, resume=None, command_line=None):
         self.model = model
         self.data = data
         self.config = config
@@ -184,6 +195,13 @@ class _ParallelRun:
         # Each worker's share of the cores, and no more threads than asked: numba's threads slow down
         # many-fold when another process competes for their cores (design notes, section 5).
         self.threads = max(1, min(available_cores() // n_workers, config.threads or 1))
+        self.checkpoints = checkpoints
+        self.command_line = command_line
+        # A resumed run's state (wasap.checkpoint): phase one's at an epoch boundary, or phase two's average.
+        self.resume = None if resume is None else resume["trainer"]
+        self.first_epoch = 1 if resume is None else resume["epoch"] + 1
+        self.order_states = [None] * n_workers  # the server's random state each worker's order was drawn from
+        self.stop = None  # the run's StopSignals, set by fit_parallel
         self.phase = 1
         self.last_good = model.copy()
         self.current = None  # phase two's latest average
@@ -215,16 +233,21 @@ class _ParallelRun:
             y = np.asarray(self.data.y_train)
             self.transport = SharedMemoryTransport(
                 self.model, np.asarray(self.data.X_train, dtype=np.float32), y, n_workers=self.n_workers,
-                n_slots=self.n_slots, partitions=self.partitions, replicas=self.phase2, context=context)
+                n_slots=self.n_slots, partitions=self.partitions, replicas=self.phase2, context=context,
+                stall_timeout=cfg.stall_timeout)
             self.executor = executor
+            swept = self.transport.blocks.swept
+            if swept:
+                self.log(f"Removed {len(swept)} shared-memory segment(s) left in /dev/shm by runs that died "
+                         f"({sum(size for _, size in swept) / (1 << 20):.1f} MiB).")
             self.log(f"WASAP-SGD: {self.n_workers} worker(s) ({'synchronous' if cfg.sync else 'asynchronous'} "
                      f"phase one{', phase two from epoch ' + str(cfg.phase2_start) if self.phase2 else ''}), "
                      f"{self.threads} thread(s) each, start method {self.start_method}, shared memory "
                      f"{self.transport.blocks.nbytes / (1 << 20):.1f} MiB")
             worker_config = cfg.replace(workers=self.n_workers)
             self.transport.start_workers(
-                worker_main, [(w, self.n_workers, worker_config, self.threads,
-                               cfg.phase2_start if self.phase2 else None) for w in range(self.n_workers)],
+                worker_main, [(w, self.n_workers, worker_config, self.threads, self._first_phase2_epoch(),
+                               self._worker_start(w)) for w in range(self.n_workers)],
                 self.threads)
             pids = {"server": os.getpid(), **{f"worker {w}": pid for w, pid in enumerate(self.transport.pids)}}
             sampler = CpuSampler(pids, interval=self.profile_interval, phase=lambda: self.phase).start()
@@ -232,16 +255,17 @@ class _ParallelRun:
             self._phase_one()
             if self.phase2:
                 self._phase_two()
-        except KeyboardInterrupt:
-            stop_reason = "interrupted"
-            self.log("Interrupted: keeping the model trained so far.")
+        except KeyboardInterrupt as error:
+            stop_reason = stop_reason_of(error)
+            self.log(f"{'Terminated (SIGTERM)' if stop_reason == 'terminated' else 'Interrupted'}: "
+                     "keeping the model trained so far.")
         except TrainingDiverged as error:
             stop_reason = "diverged"
             self.current = None
             self.log(f"Training diverged ({error}); kept the model of the last good epoch. "
                      "Lower the learning rate (--lr) or raise the weight decay, and check the inputs are scaled.")
         except WorkerFailed as error:
-            stop_reason = "worker-failed"
+            stop_reason = error.stop_reason
             failure = error
             self.log(f"Stopped: {error} Keeping the model trained so far.")
         except BaseException:
@@ -250,10 +274,12 @@ class _ParallelRun:
             self._release(executor, sampler, previous_threads)
             raise
         try:
-            self._finish_pending(stop_reason)
-            final = self._final_model(stop_reason)
+            # Workers first: then nothing changes the served model while it is read, and a lock that a
+            # dead or stalled worker held does not hold the reading up.
             if self.transport is not None:
                 self.transport.shutdown()
+            self._finish_pending(stop_reason)
+            final = self._final_model(stop_reason)
             if sampler is not None:
                 sampler.stop()
             profile = self._profile(sampler)
@@ -267,7 +293,9 @@ class _ParallelRun:
         if self.recorder.out_dir is not None:
             write_profile(self.recorder.path("profile.json"), profile)
         self.log(format_profile_table(profile))
-        summary = self.recorder.finish(self.model, stop_reason, classes=getattr(self.data, "classes", None))
+        with self.stop.deferred():
+            summary = self.recorder.finish(self.model, stop_reason, classes=getattr(self.data, "classes", None),
+                                           preprocessing=getattr(self.data, "preprocessing", None))
         if failure is not None:
             failure.summary = summary
             raise failure
@@ -291,6 +319,8 @@ class _ParallelRun:
         while len(ready) < self.n_workers:
             try:
                 message = self._receive()
+            except WorkerStalled:
+                raise  # a worker that was ready, then stopped: nothing to do with how it started
             except WorkerFailed as error:
                 raise WorkerFailed(
                     f"{error} It failed while starting: with the {self.start_method!r} start method a worker "
@@ -305,6 +335,7 @@ class _ParallelRun:
 
     def _receive(self):
         """The next message; None after a timeout (worker liveness checked); raises on a worker's failure."""
+        self.stop.check()
         message = self.transport.receive(_RECEIVE_TIMEOUT)
         now = time.monotonic()
         if message is None or now - self._last_check > _RECEIVE_TIMEOUT:
@@ -327,79 +358,141 @@ class _ParallelRun:
         steps_per_epoch = max(1, math.ceil(max(len(p) for p in self.partitions) / cfg.batch_size)) if cfg.sync \
             else max(1, math.ceil(self.n_train / cfg.batch_size))
         server = self.server = ParameterServer(transport, cfg, n_workers=K, steps_per_epoch=steps_per_epoch)
+        consumed = [0] * K
+        epoch = self.first_epoch
+        total = 0
+        resume = self.resume if self.resume is not None and self.resume["phase"] == 1 else None
+        if resume is not None:
+            server.rng.bit_generator.state = resume["server_rng"]
+            server.stats.updates = resume["updates"]  # the warm-up's step count
+            consumed, total = list(resume["consumed"]), resume["total"]
         if cfg.sync:
             # The server draws the orders with its own generator, in the sequential trainer's order:
             # first epoch's permutation, [epoch], evolution, next permutation...
             for w in range(K):
-                transport.write_order(w, server.rng.permutation(len(self.partitions[w])))
+                if resume is None:
+                    self._draw_order(w)
+                else:  # the order each worker was in, drawn again from the state it came from
+                    self._draw_order(w, from_state=resume["order_states"][w])
+        if resume is None and self.checkpoints is not None and epoch <= self.phase1_epochs:
+            self._checkpoint_phase_one(consumed, total)
         transport.set_command(RUN)
-        consumed = [0] * K
         waiting = {}
-        epoch = 1
-        total = 0
         loss_sum = correct = seen = 0.0
         started = epoch_started = time.perf_counter()
         cpu_started = time.thread_time()  # this thread only: not the evaluation thread
         idle_before = transport.idle_seconds
-        while epoch <= self.phase1_epochs:
-            message = self._receive()
-            if message is None or message[0] not in (GRADIENT, APPLIED):
-                continue
-            if message[0] == APPLIED:  # a group of gradients their workers applied to every layer
-                _, w, steps, batch_loss_sum, n_correct, n = message
-            else:
-                _, w, slot, versions, loss, n_correct, n, applied = message
-                batch_loss_sum = loss * n
-            if not math.isfinite(batch_loss_sum):
-                raise TrainingDiverged(f"the loss became {batch_loss_sum / n} in epoch {epoch}")
-            loss_sum += batch_loss_sum
-            correct += n_correct
-            seen += n
-            if message[0] == APPLIED:
-                server.count_self_applied(steps)
-                released = []
-                total += n
-            elif cfg.sync:
-                waiting[w] = (w, slot, versions, n)
-                if len(waiting) < K:
+        try:
+            while epoch <= self.phase1_epochs:
+                message = self._receive()
+                if message is None or message[0] not in (GRADIENT, APPLIED):
                     continue
-                # In worker order, not arrival order: the average's sum and the server's draws of the
-                # next orders (below) then do not depend on timing, and a run repeats exactly.
-                released = sorted(waiting)
-                server.apply_average([waiting[worker] for worker in released])
-                for worker, *_, count in waiting.values():
-                    consumed[worker] += count
-                total += sum(m[3] for m in waiting.values())
-                waiting.clear()
-            else:
-                server.apply(w, slot, versions, applied)
-                released = [w]
-                total += n
-            if total >= epoch * self.n_train:
-                now = time.perf_counter()
-                evolve_seconds = self._end_of_phase_one_epoch(
-                    epoch, dict(train_loss=loss_sum / seen, train_accuracy=self._accuracy(correct, seen),
-                                train_seconds=now - epoch_started))
-                loss_sum = correct = seen = 0.0
-                epoch += 1
-                epoch_started = time.perf_counter()
-                self.training_seconds += epoch_started - now - evolve_seconds
-            if cfg.sync:
+                if message[0] == APPLIED:  # a group of gradients their workers applied to every layer
+                    _, w, steps, batch_loss_sum, n_correct, n = message
+                else:
+                    _, w, slot, versions, loss, n_correct, n, applied = message
+                    batch_loss_sum = loss * n
+                if not math.isfinite(batch_loss_sum):
+                    raise TrainingDiverged(f"the loss became {batch_loss_sum / n} in epoch {epoch}")
+                loss_sum += batch_loss_sum
+                correct += n_correct
+                seen += n
+                if message[0] == APPLIED:
+                    server.count_self_applied(steps)
+                    released = []
+                    total += n
+                elif cfg.sync:
+                    waiting[w] = (w, slot, versions, n)
+                    if len(waiting) < K:
+                        continue
+                    # In worker order, not arrival order: the average's sum and the server's draws of the
+                    # next orders (below) then do not depend on timing, and a run repeats exactly.
+                    released = sorted(waiting)
+                    server.apply_average([waiting[worker] for worker in released])
+                    for worker, *_, count in waiting.values():
+                        consumed[worker] += count
+                    total += sum(m[3] for m in waiting.values())
+                    waiting.clear()
+                else:
+                    server.apply(w, slot, versions, applied)
+                    released = [w]
+                    total += n
+                boundary = total >= epoch * self.n_train
+                if boundary:
+                    now = time.perf_counter()
+                    evolve_seconds = self._end_of_phase_one_epoch(
+                        epoch, dict(train_loss=loss_sum / seen, train_accuracy=self._accuracy(correct, seen),
+                                    train_seconds=now - epoch_started))
+                    loss_sum = correct = seen = 0.0
+                    epoch += 1
+                    epoch_started = time.perf_counter()
+                    self.training_seconds += epoch_started - now - evolve_seconds
+                if cfg.sync:
+                    for worker in released:
+                        if consumed[worker] >= len(self.partitions[worker]):
+                            consumed[worker] = 0
+                            if epoch <= self.phase1_epochs:
+                                self._draw_order(worker)
+                if boundary and epoch <= self.phase1_epochs and self.checkpoints is not None \
+                        and self.checkpoints.due(mid_epoch=False):
+                    # Before the slots go back: in the synchronous variant every worker is waiting now.
+                    self._checkpoint_phase_one(consumed, total)
                 for worker in released:
-                    if consumed[worker] >= len(self.partitions[worker]):
-                        consumed[worker] = 0
-                        if epoch <= self.phase1_epochs:
-                            transport.write_order(worker, server.rng.permutation(len(self.partitions[worker])))
-            for worker in released:
-                transport.release_slot(worker)
-        self.training_seconds += time.perf_counter() - started
-        # The server's own time per update: phase one's wall time less its waits for messages and
-        # the end-of-epoch work (the workers' rate is what it cannot exceed).
-        self.server_busy_seconds = (time.perf_counter() - started - (transport.idle_seconds - idle_before)
-                                    - server.stats.evolve_seconds - self.snapshot_seconds)
-        self.server_cpu_seconds = (time.thread_time() - cpu_started - server.stats.evolve_seconds
-                                   - self.snapshot_seconds)
+                    transport.release_slot(worker)
+        finally:
+            # Also when the run stops in the middle (Ctrl-C, a failed worker): the profile then
+            # covers the part that ran.
+            self.training_seconds += time.perf_counter() - started
+            # The server's own time per update: phase one's wall time less its waits for messages and
+            # the end-of-epoch work (the workers' rate is what it cannot exceed).
+            self.server_busy_seconds = (time.perf_counter() - started - (transport.idle_seconds - idle_before)
+                                        - server.stats.evolve_seconds - self.snapshot_seconds)
+            self.server_cpu_seconds = (time.thread_time() - cpu_started - server.stats.evolve_seconds
+                                       - self.snapshot_seconds)
         transport.set_command(PHASE_TWO if self.phase2 else STOP)
+
+    def _draw_order(self, worker, from_state=None):
+        """Write ``worker``'s next sample order, drawn by the server's generator (or again from ``from_state``)."""
+        rng = self.server.rng
+        if from_state is not None:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = from_state
+        self.order_states[worker] = rng.bit_generator.state
+        self.transport.write_order(worker, rng.permutation(len(self.partitions[worker])))
+
+    def _first_phase2_epoch(self):
+        """The epoch the workers' phase two starts at (None: no phase two)."""
+        return max(self.config.phase2_start, self.first_epoch) if self.phase2 else None
+
+    def _worker_start(self, worker):
+        """Where ``worker``'s phase one begins: the checkpoint's step and position in a resumed run."""
+        resume = self.resume
+        if resume is None or resume["phase"] != 1:
+            return WorkerStart()
+        if self.config.sync:
+            # Every worker has taken one batch per synchronous step.
+            return WorkerStart(step=resume["updates"], position=resume["consumed"][worker])
+        return WorkerStart(step=resume["updates"] // self.n_workers, salt=(self.first_epoch,))
+
+    def _checkpoint(self, model, trainer):
+        """Write a checkpoint of ``model`` with the server's state ``trainer`` and the metrics so far."""
+        history = self.recorder.history
+        state = dict(epoch=history[-1]["epoch"] if history else 0, trainer=trainer, history=history,
+                     nnz_start=self.recorder.nnz_start, elapsed_seconds=self.recorder.elapsed_seconds(),
+                     config=self.config.to_dict(), run=dict(command_line=self.command_line))
+        self.recorder.guarded_write(
+            lambda: self.checkpoints.write(model, state, classes=getattr(self.data, "classes", None)),
+            self.checkpoints.path)
+
+    def _checkpoint_phase_one(self, consumed, total):
+        """A checkpoint at an epoch boundary of phase one, with everything a synchronous run continues from."""
+        # The epochs evaluated in the background belong to it.
+        self._collect(wait=True)
+        with self.transport.model_lock():
+            model = self.transport.read_model()
+        self._checkpoint(model, dict(phase=1, server_rng=self.server.rng.bit_generator.state,
+                                     updates=self.server.stats.updates, consumed=list(consumed), total=total,
+                                     order_states=list(self.order_states)))
 
     def _accuracy(self, correct, seen):
         return float("nan") if self.model.loss != "cross-entropy" else correct / seen
@@ -449,10 +542,11 @@ class _ParallelRun:
         self._collect(wait=True)
         self.phase = 2
         served = self.transport.read_model()
-        targets = served.nnz_per_layer()
+        resumed = self.resume is not None and self.resume["phase"] == 2
+        targets = self.resume["targets"] if resumed else served.nnz_per_layer()
         self.current = served
         received = {}
-        epoch = cfg.phase2_start
+        epoch = self._first_phase2_epoch()
         epoch_started = time.perf_counter()
         while epoch <= cfg.epochs:
             message = self._receive()
@@ -485,6 +579,9 @@ class _ParallelRun:
                               evolve_seconds=average_seconds)
                 self._record(fields, test_loss, test_accuracy, eval_seconds)
                 self.current = self.last_good = average
+                if epoch < cfg.epochs and self.checkpoints is not None and self.checkpoints.due(mid_epoch=False):
+                    # The replicas start again from this average when the run resumes.
+                    self._checkpoint(average, dict(phase=2, targets=targets))
                 epoch += 1
                 epoch_started = time.perf_counter()
         self.transport.set_command(STOP)
@@ -542,4 +639,4 @@ def _evaluate(model, X, y):
     return loss, accuracy, time.perf_counter() - started, finite
 
 
-__all__ = ["START_METHODS", "WorkerFailed", "available_cores", "fit_parallel", "resolve_workers"]
+__all__ = ["START_METHODS", "WorkerFailed", "WorkerStalled", "available_cores", "fit_parallel", "resolve_workers"]

@@ -33,11 +33,16 @@ Phase two (lines 24-33): the worker trains a private copy of the served model
 with a :class:`wasap.train.SequentialTrainer` seeded per worker, on its
 partition, with its own SET evolution, and publishes the replica after every
 local epoch (before evolving) for the server to average.
+
+Liveness: the worker beats (:meth:`~.transport.WorkerTransport.beat`) whenever
+it moves on, saying what it does next, so that the server can tell a stalled
+worker from a busy one; every wait is in steps of :data:`~.transport.WORKER_POLL`
+seconds, and a STOP or a server gone ends the worker (:class:`~.transport.Stopped`).
 """
 
 import math
-import os
 import signal
+from dataclasses import dataclass
 import time
 import traceback
 
@@ -48,16 +53,12 @@ from ..kernels import gather_transposed
 from ..model import stream_seed
 from ..profiling import TimeAccount
 from ..train import SequentialTrainer, TrainingDiverged
-from .transport import DONE, FAILED, PHASE_TWO, READY, RUN, STOP, WAIT, SharedMemoryWorkerTransport
-
-_POLL = 0.1
-
-
-class _Stopped(Exception):
-    """The server said STOP in the middle of a local epoch."""
+from .server import warm_up_update_kernels
+from .transport import (COMPUTING, DONE, EVOLVING_REPLICA, FAILED, PHASE_TWO, RUN, STOP, TRAINING_REPLICA, WAIT,
+                        WAITING_FOR_STOP, WAITING_TO_START, WORKER_POLL, SharedMemoryWorkerTransport, Stopped)
 
 
-def worker_main(handle, worker, n_workers, config, threads, first_phase2_epoch):
+def worker_main(handle, worker, n_workers, config, threads, first_phase2_epoch, start=None):
     """Entry point of a worker process (started with "spawn" or "forkserver").
 
     Parameters
@@ -70,6 +71,8 @@ def worker_main(handle, worker, n_workers, config, threads, first_phase2_epoch):
         Kernel threads of this worker (its share of the cores).
     first_phase2_epoch : int or None
         The epoch phase two starts at (None: no phase two).
+    start : WorkerStart, optional
+        Where a resumed run's phase one goes on from; None: the beginning.
     """
     # Ctrl-C in a terminal reaches the whole process group; the main process
     # decides what happens (stop, keep the model) and tells the workers.
@@ -81,10 +84,14 @@ def worker_main(handle, worker, n_workers, config, threads, first_phase2_epoch):
         _warm_up(model, config.batch_size, transport.partition()[0])
         account = TimeAccount(transport.time_table())
         transport.account = account
-        transport.send((READY, worker, os.getpid()))
-        _run(transport, account, model, worker, n_workers, config, first_phase2_epoch)
+        transport.ready()
+        _run(transport, account, model, worker, n_workers, config, first_phase2_epoch, start or WorkerStart())
         transport.send((DONE, worker))
+    except Stopped:
+        pass  # told to stop while waiting, or the server is gone: nothing left to report
     except BaseException:
+        if transport.server_gone():
+            return  # no one to report to, and the run is over
         try:
             transport.send((FAILED, worker, traceback.format_exc()))
         except Exception:
@@ -108,9 +115,10 @@ def _warm_up(model, batch_size, X_part):
     grads = [np.empty(layer.nnz, dtype=np.float32) for layer in model.layers]
     bias_grads = [np.empty(layer.n_out, dtype=np.float32) for layer in model.layers]
     model.gradient_batch(x_t, target, grads, bias_grads, dropout=0.5, dropout_seed=0)
+    warm_up_update_kernels()
 
 
-def _run(transport, account, model, worker, n_workers, config, first_phase2_epoch):
+def _run(transport, account, model, worker, n_workers, config, first_phase2_epoch, start):
     """Follow the command word: wait, phase one, phase two, stop."""
     while True:
         command = transport.command()
@@ -119,20 +127,22 @@ def _run(transport, account, model, worker, n_workers, config, first_phase2_epoc
         if command == WAIT:
             # Every worker starts at once (the synchronous variant needs all K anyway).
             time.sleep(0.01)
+            transport.beat(WAITING_TO_START)
             account.charge("slot_wait")
         elif command == RUN:
-            _phase_one(transport, account, model, worker, n_workers, config)
+            _phase_one(transport, account, model, worker, n_workers, config, start)
         elif command == PHASE_TWO:
             _phase_two(transport, account, worker, n_workers, config, first_phase2_epoch)
             return
 
 
-def _phase_one(transport, account, model, worker, n_workers, config):
+def _phase_one(transport, account, model, worker, n_workers, config, start):
     """Gradients until the command word leaves RUN (see the module docstring)."""
     X, y = transport.partition()
     n_rows = X.shape[0]
     regression = model.loss != "cross-entropy"
-    rng = np.random.default_rng(stream_seed(config.seed, 0x5E7, 1 + worker))
+    # A resumed asynchronous run draws orders it has not drawn before (it does not repeat exactly anyway).
+    rng = np.random.default_rng(stream_seed(config.seed, 0x5E7, 1 + worker, *start.salt))
     versions = [-1] * len(model.layers)  # forces the first pull to take the structure
     n_slots = transport.slot_count
     # Self-applied gradients are reported in groups of up to 8 (one server wake-up instead of 8), but
@@ -140,12 +150,13 @@ def _phase_one(transport, account, model, worker, n_workers, config):
     # an epoch whatever K.
     report_every = max(1, min(8, n_rows // (16 * config.batch_size)))
     pending = _PendingReport()
-    step = 0
-    position = n_rows  # start with a fresh order
-    order = None
+    step = start.step
+    position = start.position if 0 < start.position < n_rows else n_rows  # n_rows: draw a fresh order
+    # Inside an order (a resumed synchronous run): the server has written that order again.
+    order = transport.order(n_rows) if position < n_rows else None
     account.charge("other")
     while True:
-        if not transport.acquire_slot(_POLL):
+        if not transport.acquire_slot(WORKER_POLL):
             account.charge("slot_wait")
             if transport.command() != RUN:
                 return
@@ -157,6 +168,7 @@ def _phase_one(transport, account, model, worker, n_workers, config):
             order = transport.order(n_rows) if config.sync else rng.permutation(n_rows)
             position = 0
         versions = transport.pull_weights(model, versions)
+        transport.beat(COMPUTING)
         batch_rows = order[position:position + config.batch_size]
         position += batch_rows.shape[0]
         # Into the workspace's 64-byte aligned buffer, as the sequential trainer does (the kernels'
@@ -189,6 +201,21 @@ def _phase_one(transport, account, model, worker, n_workers, config):
         account.charge("other")
 
 
+@dataclass(frozen=True)
+class WorkerStart:
+    """Where a worker's phase one begins: batch ``step`` (its dropout seeds), at ``position`` of its current order.
+
+    A fresh run starts at step 0 with a fresh order. A resumed synchronous run
+    starts where the checkpoint's workers were: their step count and how far
+    into the order (which the server writes again) they had got. ``salt`` keeps a
+    resumed asynchronous run from drawing the orders it drew before.
+    """
+
+    step: int = 0
+    position: int = 0
+    salt: tuple = ()
+
+
 class _PendingReport:
     """Self-applied gradients not yet reported to the server: their count, summed loss and samples."""
 
@@ -217,31 +244,34 @@ def _phase_two(transport, account, worker, n_workers, config, first_epoch):
     trainer = SequentialTrainer(replica, config.replace(seed=stream_seed(config.seed, 0x2EA1, worker)))
     account.charge("data")
 
-    def stop_when_told(_samples):
-        # Called after every batch: a STOP (Ctrl-C, a failed worker) ends a long local epoch at once.
+    def after_batch(_samples):
+        # Called after every batch: a heartbeat, and a STOP (Ctrl-C, a failed worker) ends a long local
+        # epoch at once.
+        transport.beat(TRAINING_REPLICA, epoch)
         if transport.command() == STOP:
-            raise _Stopped
+            raise Stopped
 
     for epoch in range(first_epoch, config.epochs + 1):
+        transport.beat(TRAINING_REPLICA, epoch)
         try:
-            loss, accuracy = trainer.train_epoch(X_part, y_part, progress=stop_when_told)
+            loss, accuracy = trainer.train_epoch(X_part, y_part, progress=after_batch)
         except TrainingDiverged:
             loss, accuracy = float("nan"), float("nan")
-        except _Stopped:
-            return
         account.charge("compute")
         n = X_part.shape[0]
         n_correct = 0 if math.isnan(accuracy) else int(round(accuracy * n))
-        while not transport.publish_replica(replica, epoch, loss, n_correct, n, _POLL):
+        while not transport.publish_replica(replica, epoch, loss, n_correct, n, WORKER_POLL):
             if transport.command() == STOP:
                 return
         account.count()
         if not math.isfinite(loss) or transport.command() == STOP:
             return
+        transport.beat(EVOLVING_REPLICA)
         trainer.end_of_epoch(epoch, last=epoch == config.epochs)
         account.charge("compute")
     # Stay until the server has gathered the last replica and says STOP: a worker
     # that ended first would look like one that failed.
     while transport.command() != STOP:
-        time.sleep(_POLL)
+        transport.beat(WAITING_FOR_STOP)
+        time.sleep(WORKER_POLL)
     account.charge("slot_wait")
