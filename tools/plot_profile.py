@@ -73,6 +73,25 @@ def plot(profile, path):
     plt.close(fig)
 
 
+def read_profile(path, error):
+    """The profile.json object at ``path``; ``error(message)`` (it must not return) names what is wrong."""
+    if not os.path.exists(path):
+        folder = os.path.dirname(path) or "."
+        if os.path.basename(path) == "profile.json" and os.path.exists(os.path.join(folder, "summary.json")):
+            error(f"{folder} holds a run but no profile.json: profile.json is written by parallel runs "
+                  "(python -m wasap.run --workers K, K > 1); a run in one process has no workers to profile.")
+        error(f"no such file: {path}; give a parallel run's output folder or its profile.json.")
+    try:
+        with open(path) as stream:
+            profile = json.load(stream)
+    except (OSError, ValueError) as exc:
+        error(f"cannot read {path} as a profile ({exc}); give a parallel run's profile.json.")
+    if not isinstance(profile, dict):
+        error(f"{path} is JSON but not a profile (an object with samples and time_breakdown); give a parallel "
+              "run's profile.json.")
+    return profile
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", help="a run's profile.json, or its output folder")
@@ -80,8 +99,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if os.path.isdir(args.profile):
         args.profile = os.path.join(args.profile, "profile.json")
-    with open(args.profile) as stream:
-        profile = json.load(stream)
+    profile = read_profile(args.profile, parser.error)
     output = args.output or os.path.splitext(args.profile)[0] + ".png"
     plot(profile, output)
     print(f"wrote {output}")

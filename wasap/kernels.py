@@ -91,6 +91,71 @@ def _warn_if_slow_threading_layer():
             "brew install libomp) and start again.", RuntimeWarning, stacklevel=3)
 
 
+class ThreadCountWarning(RuntimeWarning):
+    """More kernel threads were asked for than can run at once; fewer are used (the message says why)."""
+
+
+def available_cores():
+    """Cores this process may run on: its CPU affinity where the system has one, else every core."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def max_threads():
+    """The most kernel threads that run at once: one per core this process may use, within numba's pool.
+
+    numba starts a pool of ``NUMBA_NUM_THREADS`` threads when it is imported and can never use more;
+    threads beyond the cores would take turns on them, and numba's threads slow down many-fold when
+    they compete for a core (design notes, section 5).
+    """
+    return max(1, min(available_cores(), numba.config.NUMBA_NUM_THREADS))
+
+
+def capped_threads(n_threads, *, name="threads"):
+    """``n_threads`` lowered to :func:`max_threads`, with one :class:`ThreadCountWarning` when it is.
+
+    Parameters
+    ----------
+    n_threads : int
+        Threads asked for, >= 1.
+    name : str
+        How the caller calls the count, for the warning: ``"threads"`` (shown as ``threads=8``) or a
+        flag (``"--threads"``, shown as ``--threads 8``).
+
+    Returns
+    -------
+    int
+        The thread count to use.
+
+    Raises
+    ------
+    ValueError
+        When ``n_threads`` is below 1.
+    """
+    n_threads = int(n_threads)
+    if n_threads < 1:
+        raise ValueError(f"{name} must be >= 1, got {n_threads}.")
+    limit = max_threads()
+    if n_threads > limit:
+        warnings.warn(_cap_reason(n_threads, limit, name), ThreadCountWarning, stacklevel=3)
+    return min(n_threads, limit)
+
+
+def _cap_reason(asked, used, name):
+    """Why ``asked`` threads became ``used``: which limit binds, and how to lift it without oversubscribing."""
+    cores, pool = available_cores(), numba.config.NUMBA_NUM_THREADS
+    if pool < cores:
+        why = (f"numba was started with NUMBA_NUM_THREADS={pool}, and its pool cannot grow once imported "
+               f"(to use up to the {cores} cores this process may run on, set NUMBA_NUM_THREADS={cores} "
+               "before starting Python)")
+    else:
+        why = (f"this process may run on {cores} core(s) (its CPU affinity), and threads beyond the cores "
+               "take turns on them, which slows every kernel down many times")
+    asked_as = f"{name} {asked}" if name.startswith("-") else f"{name}={asked}"
+    return f"{asked_as} asks for more kernel threads than can run at once; using {used}: {why}."
+
+
 def set_threads(n_threads):
     """Set how many threads the kernels called from this thread use.
 
@@ -100,27 +165,23 @@ def set_threads(n_threads):
     Parameters
     ----------
     n_threads : int or None
-        Threads, 1 to ``numba.config.NUMBA_NUM_THREADS``. ``None`` means one
-        thread per core this process may run on. On numba's slow workqueue layer
+        Threads, >= 1; more than :func:`max_threads` (the cores this process may
+        use, within numba's pool) are capped to it, with a :class:`ThreadCountWarning`.
+        ``None`` means :func:`max_threads`. On numba's slow workqueue layer
         (:func:`threading_layer`) the first call warns.
 
     Returns
     -------
     int
         The thread count now in force.
+
+    Raises
+    ------
+    ValueError
+        When ``n_threads`` is below 1.
     """
-    available = numba.config.NUMBA_NUM_THREADS
-    if n_threads is None:
-        n_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n_threads = int(n_threads)
-    if n_threads < 1:
-        raise ValueError(f"threads must be >= 1, got {n_threads}.")
+    n_threads = max_threads() if n_threads is None else capped_threads(n_threads)
     _warn_if_slow_threading_layer()
-    if n_threads > available:
-        raise ValueError(
-            f"threads={n_threads} exceeds the {available} threads numba was started with; "
-            f"set the environment variable NUMBA_NUM_THREADS={n_threads} before importing wasap."
-        )
     numba.set_num_threads(n_threads)
     return n_threads
 

@@ -7,22 +7,28 @@ flag; the README explains the output folder.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
+import warnings
 
-from . import kernels
+from . import __version__, kernels
+from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, CheckpointError, load_checkpoint
 from .config import WIDTH_AWARE_KEYS, ConfigError, TrainConfig
 from .data import DataError, load_dataset
+from .memory import DEFAULT_BUDGET, parse_budget, plan_run
 from .model import SparseMLP
-from .parallel import WorkerFailed, fit_parallel
+from .parallel import WorkerFailed, fit_parallel, resolve_workers
 from .parallel.shm import SharedMemoryFull
-from .records import OutputDirError
+from .records import OutputDirError, OutputWriteError
+from .signals import EXIT_STATUS
 from .topology import INIT_SCHEMES
 from .train import default_threads, fit
 
 #: The paper's settings per data set (Table 2 and the authors' code); explicit
-#: flags win over them, and TrainConfig's defaults fill the rest.
+#: flags win over them, and TrainConfig's defaults fill the rest (all of it for
+#: data without a preset, such as a user's file).
 PRESETS = {
     "madelon": dict(hidden=(400, 100, 400), alpha=0.5, epsilon=10.0, batch_size=32, epochs=500,
                     weight_decay=6e-3),
@@ -32,7 +38,6 @@ PRESETS = {
     "cifar10": dict(hidden=(4000, 1000, 4000), alpha=0.75, epsilon=20.0, batch_size=128, epochs=100),
     "synthetic": dict(hidden=(1000, 1000, 1000), alpha=0.5, epsilon=20.0, batch_size=128, epochs=20),
 }
-GENERIC = dict(hidden=(1000, 1000, 1000), alpha=0.5, epsilon=20.0, batch_size=128, epochs=100)
 #: The authors' code decays weights outside the momentum (w -= 2e-4 w each step);
 #: through momentum SGD (paper eq. 1, lr 0.01, mu 0.9) the same shrinkage per
 #: step is lr * lambda / (1 - mu), i.e. lambda = 2e-3. Madelon, the data set
@@ -56,15 +61,41 @@ def _hidden_sizes(text):
     return sizes
 
 
-def _workers(text):
-    if text == "auto":
-        return "auto"
+def _count(flag, text, takes="a whole number"):
+    """``text`` as an int >= 1, or the argparse error naming ``flag``."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--workers takes a number or 'auto', got {text!r}")
+        raise argparse.ArgumentTypeError(f"{flag} takes {takes}, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"--workers must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+    return value
+
+
+def _counts(flag):
+    """The argparse type of ``flag``, which takes a whole number >= 1."""
+    return lambda text: _count(flag, text)
+
+
+def _memory_budget(text):
+    try:
+        return parse_budget(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
+
+
+def _workers(text):
+    return "auto" if text == "auto" else _count("--workers", text, "a number or 'auto'")
+
+
+def _seconds(text):
+    """``text`` as a number of seconds >= 0, or the argparse error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number of seconds, got {text!r}") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"takes a number of seconds >= 0, got {text!r}")
     return value
 
 
@@ -77,14 +108,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser():
-    """The argument parser of ``python -m wasap.run``."""
+def build_parser(prog="python -m wasap.run"):
+    """The argument parser of ``python -m wasap.run`` (or of ``wasap train``: ``prog``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m wasap.run",
+        prog=prog,
         description="Train a truly sparse MLP (SET, All-ReLU, Importance Pruning) and write metrics.jsonl, "
                     "summary.json and model.npz to an output folder.",
         formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="madelon",
                       help="madelon (shipped), fashion-mnist, higgs, cifar10, synthetic, or a PATH "
@@ -112,10 +144,14 @@ def build_parser():
                             "50/n for n inputs an output neuron, no dropout, for networks hundreds of thousands "
                             "of neurons wide (TrainConfig.width_aware; flags given explicitly still win) "
                             "[%(default)s]")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=_counts("--epochs"))
     train.add_argument("--batch-size", type=int)
     train.add_argument("--micro-batch", type=int,
                        help="split batches into parts of this many samples (same update, less activation memory)")
+    train.add_argument("--memory-budget", type=_memory_budget, default=DEFAULT_BUDGET, metavar="AMOUNT",
+                       help="memory the run may plan to use: an amount (8G, 500M) or a fraction of the memory "
+                            "available (0.5, 50%%); without --micro-batch the largest micro-batch that fits is "
+                            "chosen, and a run that fits in none is refused before it allocates [%(default)s]")
     train.add_argument("--lr", type=float, help="learning rate (default 0.01; 0.02 for fashion-mnist)")
     train.add_argument("--lr-fan-in", type=float,
                        help="layers of a larger mean fan-in take steps of lr * LR_FAN_IN / fan-in (wide layers)")
@@ -135,36 +171,45 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="seeds every random stream")
 
     parallel = parser.add_argument_group("parallelism")
-    parallel.add_argument("--threads", type=int, help="kernel threads per process (default: one per idle core)")
+    parallel.add_argument("--threads", type=_counts("--threads"),
+                          help="kernel threads per process, at most one per core this process may use "
+                               "(default: one per idle core)")
     parallel.add_argument("--workers", type=_workers, default=1, help="WASAP-SGD workers, or 'auto'")
     parallel.add_argument("--sync", action="store_true", help="synchronous phase one (WASSP-SGD)")
     parallel.add_argument("--phase2-start", type=int, help="epoch at which phase two (local replicas) starts")
+    parallel.add_argument("--stall-timeout", type=float, default=TrainConfig.stall_timeout,
+                          help="seconds a worker may make no progress before the run stops (default: %(default)g)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="output folder (default: runs/<dataset>-<date>-<time>)")
-    output.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace the run in a non-empty --out folder (other files in it are kept)")
+    output.add_argument("--resume", metavar="DIR",
+                        help="continue the stopped run in DIR from its checkpoint, with the run's own flags "
+                             "(only --quiet may be added)")
+    output.add_argument("--checkpoint-every", type=_seconds, default=DEFAULT_EVERY, metavar="SECONDS",
+                        help="seconds between checkpoints inside an epoch (one is written after each epoch "
+                             "unless that would cost over 5%% of the time; 0: after every batch)")
     output.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     return parser
 
 
 def config_from_args(args):
     """The :class:`TrainConfig` the flags describe (preset of the data set, then explicit flags)."""
-    preset = PRESETS.get(args.dataset.strip().lower(), GENERIC)
+    preset = PRESETS.get(args.dataset.strip().lower(), {})
     chosen = {name: getattr(args, name) for name in PRESET_KEYS}
-    values = {name: (preset.get(name, GENERIC.get(name)) if value is None else value)
-              for name, value in chosen.items()}
+    values = {name: (preset.get(name) if value is None else value) for name, value in chosen.items()}
     values = {name: value for name, value in values.items() if value is not None}
     if args.activation != "all-relu" and args.alpha is None:
         values["alpha"] = None
-    workers = args.workers
-    if workers == "auto":
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = default_threads() if args.threads is None else kernels.capped_threads(args.threads, name="--threads")
     return TrainConfig(
         **values, activation=args.activation, init=args.init, zeta=args.zeta, momentum=args.momentum,
         dropout=args.dropout, micro_batch=args.micro_batch, lr_fan_in=args.lr_fan_in,
         output_lr=args.output_lr, zero_output=args.zero_output, importance_pruning=args.importance_pruning,
         ip_start=args.ip_start, ip_every=args.ip_every, ip_percentile=args.ip_percentile, seed=args.seed,
-        threads=args.threads or default_threads(), workers=workers, sync=args.sync, phase2_start=args.phase2_start,
+        threads=threads, workers=resolve_workers(args.workers), sync=args.sync, phase2_start=args.phase2_start,
+        stall_timeout=args.stall_timeout,
     )
 
 
@@ -184,12 +229,177 @@ def apply_recipe(config, n_outputs, explicit):
     return TrainConfig.width_aware(hidden, n_outputs, epsilon=epsilon, **kept)
 
 
-def main(argv=None):
+#: Fewest batches a worker's share of an epoch should hold for WASAP-SGD to be worth its processes.
+#: Every epoch ends with the server holding all the layers' locks for its snapshot and SET, and a
+#: worker reports its steps to the server at least every 1/16 of its share (wasap/parallel/worker.py):
+#: on shorter shares those waits and wake-ups cost more than the workers gain by sharing the batches.
+MIN_BATCHES_PER_WORKER = 128
+
+
+class RunWarning(UserWarning):
+    """The flags ask for something the run will not do, or will do slowly; the message says what to change."""
+
+
+def pruning_epochs(config):
+    """The epochs (1-based) after which Importance Pruning runs, as the trainers schedule it.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        With ``workers`` an int.
+
+    Returns
+    -------
+    range
+        Empty when ``importance_pruning`` is off or no epoch qualifies.
+    """
+    if not config.importance_pruning:
+        return range(0)
+    last = config.epochs - 1  # the topology does not change after the last epoch
+    if _has_phase_two(config):
+        last = min(last, config.phase2_start - 1)  # phase two's replicas evolve but are not pruned
+    first = max(1, config.ip_start)
+    return range(first + (-first) % config.ip_every, last + 1, config.ip_every)
+
+
+def _has_phase_two(config):
+    """Whether a WASAP-SGD run reaches phase two (local replicas)."""
+    return config.workers > 1 and config.phase2_start is not None and config.phase2_start <= config.epochs
+
+
+def plan_problems(config, n_train):
+    """Messages about flags that will not do what they suggest, each saying what to change.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        With ``workers`` an int.
+    n_train : int
+        Training samples.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ConfigError
+        When the run cannot start: more workers than training samples.
+    """
+    problems = []
+    if config.importance_pruning and not pruning_epochs(config):
+        phase_two = f" nor in phase two (from epoch {config.phase2_start})" if _has_phase_two(config) else ""
+        problems.append(
+            f"--importance-pruning prunes nothing in this run: it runs after each epoch from --ip-start "
+            f"{config.ip_start} on that is a multiple of --ip-every {config.ip_every}, but not after the last "
+            f"epoch ({config.epochs}){phase_two}. Lower --ip-start (and --ip-every) or raise --epochs.")
+    problems.extend(_sequential_problems(config) if config.workers == 1 else _parallel_problems(config, n_train))
+    return problems
+
+
+def _sequential_problems(config):
+    """:func:`plan_problems` for WASAP-SGD's flags given to a run in one process."""
+    given = {"--sync": config.sync, "--phase2-start": config.phase2_start is not None}
+    ignored = [flag for flag, is_given in given.items() if is_given]
+    if not ignored:
+        return []
+    verb, pronoun = ("change", "them") if len(ignored) > 1 else ("changes", "it")
+    return [f"{' and '.join(ignored)} only {verb} WASAP-SGD (--workers K > 1); this run trains in one process "
+            f"and ignores {pronoun}."]
+
+
+def _parallel_problems(config, n_train):
+    """:func:`plan_problems` for a WASAP-SGD run of ``config.workers`` workers."""
+    workers = config.workers
+    if workers > n_train:
+        raise ConfigError(f"--workers {workers} needs at least {workers} training samples (one partition each), "
+                          f"but the data has {n_train}; use fewer workers (--workers 1 trains in one process).")
+    problems = []
+    cores = kernels.available_cores()
+    if workers > cores:
+        problems.append(f"--workers {workers} on {cores} core(s): workers beyond the cores take turns on them, "
+                        f"which slows each many times; use --workers {cores} or fewer (--workers auto).")
+    share = -(-n_train // workers)
+    batches = -(-share // config.batch_size)
+    if batches < MIN_BATCHES_PER_WORKER:
+        problems.append(
+            f"--workers {workers}: each worker's share of an epoch is {batches} batch{'es' if batches > 1 else ''} "
+            f"of {config.batch_size} ({share} of the {n_train} training samples), fewer than the "
+            f"{MIN_BATCHES_PER_WORKER} or so WASAP-SGD needs to pay off: every epoch's end stops all the workers, "
+            "and on short shares that costs more than sharing the batches gains, so this run is likely slower "
+            "than one process. Use --workers 1 (one process; --threads sets its kernel threads).")
+    if config.phase2_start is not None and config.phase2_start > config.epochs:
+        problems.append(f"--phase2-start {config.phase2_start} is after the last epoch ({config.epochs}): phase two "
+                        "never starts. Lower it, or leave it out.")
+    return problems
+
+
+def warn_about_plan(config, n_train):
+    """Warn (:class:`RunWarning`) once per message of :func:`plan_problems`."""
+    for message in plan_problems(config, n_train):
+        warnings.warn(message, RunWarning, stacklevel=2)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings on the command line: one ``warning: ...`` line on stderr, without the source line."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
+#: Flags that may be given with --resume: they change what is shown, not what is computed.
+RESUME_FLAGS = ("resume", "quiet")
+
+
+def resume_point(out_dir, argv):
+    """The checkpoint of the run in ``out_dir`` and the flags it was started with.
+
+    Returns
+    -------
+    args : argparse.Namespace
+        The run's own flags, with ``out`` set to ``out_dir`` and ``--quiet`` as given now.
+    model : SparseMLP
+        The checkpoint's model, momentum included.
+    state : dict
+        The checkpoint's state (:func:`wasap.checkpoint.load_checkpoint`).
+    """
+    extra = sorted(explicit_flags(argv) - set(RESUME_FLAGS))
+    if extra:
+        flags = ", ".join("--" + name.replace("_", "-") for name in extra)
+        raise CheckpointError(f"--resume continues a run with its own flags; remove {flags} (only --quiet may "
+                              "be added), or start a new run in a new folder.")
+    summary_path = os.path.join(out_dir, "summary.json")
+    if os.path.exists(summary_path):
+        try:
+            with open(summary_path) as stream:
+                stopped = json.load(stream).get("stopped")
+        except (OSError, ValueError, AttributeError):
+            stopped = None
+        if stopped == "completed":
+            raise CheckpointError(f"the run in {out_dir!r} completed all its epochs (summary.json); there is "
+                                  "nothing to continue. Start a new run with more --epochs in a new folder.")
+    model, state = load_checkpoint(os.path.join(out_dir, CHECKPOINT_FILE))
+    command_line = (state.get("run") or {}).get("command_line")
+    if command_line is None:
+        raise CheckpointError(f"the checkpoint in {out_dir!r} was written by wasap.train.fit, not by the command "
+                              "line, so it does not say which data to load; continue it from Python with "
+                              "wasap.train.fit(..., resume=state).")
+    args = build_parser().parse_args(command_line)
+    args.out, args.resume, args.quiet = out_dir, out_dir, args.quiet or "quiet" in explicit_flags(argv)
+    return args, model, state
+
+
+def main(argv=None, prog="python -m wasap.run"):
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(prog).parse_args(argv)
+    out_dir = args.out
     try:
-        config = config_from_args(args)
+        model = state = None
+        command_line = argv
+        if args.resume:
+            args, model, state = resume_point(args.resume, argv)
+            command_line = state["run"]["command_line"]
+        say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+        config = config_from_args(args) if state is None else TrainConfig.from_dict(state["config"])
         kernels.set_threads(config.threads)
         out_dir = args.out or os.path.join(
             "runs", f"{os.path.basename(args.dataset.rstrip('/')) or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -197,34 +407,71 @@ def main(argv=None):
                             standardize=not args.no_standardize, n_samples=args.n_samples,
                             n_features=args.n_features, n_classes=args.n_classes)
         say(f"data: {data.description or data.name}")
-        if args.recipe == "width-aware":
-            config = apply_recipe(config, data.n_classes, explicit_flags(argv))
+        if args.recipe == "width-aware" and state is None:
+            config = apply_recipe(config, data.n_classes, explicit_flags(command_line))
             say(f"recipe width-aware: activation {config.activation}, init {config.init}, lr {config.lr:.4g}, "
                 f"output lr {config.output_lr:.4g}, dropout {config.dropout:g}")
-        started = time.perf_counter()
-        model = SparseMLP.from_config(data.n_features, data.n_classes, config)
-        init_seconds = time.perf_counter() - started
-        say(f"model: {model} (built in {init_seconds:.2f}s); {config.threads} thread(s)")
+        warn_about_plan(config, data.n_train)
+        init_seconds = None
+        if state is None:
+            # fit keeps its fallback model on disk (the checkpoints of the output folder), not in memory.
+            config = plan_run(config, data, budget=args.memory_budget, fallback_copy=False, log=say)
+            started = time.perf_counter()
+            model = SparseMLP.from_config(data.n_features, data.n_classes, config)
+            init_seconds = time.perf_counter() - started
+            say(f"model: {model} (built in {init_seconds:.2f}s); {config.threads} thread(s)")
+        else:
+            say(f"resuming {out_dir} after epoch {state['epoch']} of {config.epochs}: {model}")
         trainer = fit_parallel if config.workers > 1 else fit
         summary = trainer(model, data, config, out_dir=out_dir, overwrite=args.overwrite,
-                          progress=False if args.quiet else None, log=say, init_seconds=init_seconds)
-    except (ConfigError, DataError, OutputDirError, SharedMemoryFull) as error:
+                          progress=False if args.quiet else None, log=say, init_seconds=init_seconds,
+                          resume=state, checkpoint_every=args.checkpoint_every, command_line=command_line)
+    except (ConfigError, DataError, OutputDirError, SharedMemoryFull, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except MemoryError as error:
+        print(f"error: out of memory ({error or 'an allocation was refused'}); ask for less: a smaller network "
+              "(--hidden, --epsilon), batch (--batch-size, --micro-batch) or data set (--n-samples).",
+              file=sys.stderr)
+        return 2
+    except OutputWriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except WorkerFailed as error:
         print(f"error: {error} The model trained so far is in {out_dir}.", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as error:
+        # Before training started, or a further signal while the outputs were being written.
+        print(f"stopped ({error or 'Ctrl-C'}) before the outputs were written; "
+              f"{_checkpoint_hint(out_dir)}", file=sys.stderr)
+        return EXIT_STATUS["interrupted"]
     best = summary["best_test_accuracy"]
     final = summary["final_test_accuracy"]
     if best is not None:
         print(f"test accuracy: final {100 * final:.2f}%, best {100 * best:.2f}% "
               f"({summary['epochs_completed']} epochs, {summary['stopped']})")
+    elif summary["final_test_loss"] is not None:
+        print(f"final test loss {summary['final_test_loss']:.4f} ({summary['epochs_completed']} epochs, "
+              f"{summary['stopped']})")
     else:
-        print(f"final test loss {summary['final_test_loss']:.4f} ({summary['epochs_completed']} epochs)")
+        print(f"no epoch completed ({summary['stopped']})")
     print(f"weights: {sum(summary['nnz_start'])} -> {sum(summary['nnz_end'])}; "
           f"{summary['total_seconds']:.1f}s; outputs in {out_dir}")
-    return 0 if summary["stopped"] in ("completed", "interrupted") else 1
+    if summary.get("error") and args.quiet:
+        print(summary["error"], file=sys.stderr)
+    if summary["stopped"] in EXIT_STATUS:
+        print(f"continue with: python -m wasap.run --resume {out_dir}")
+        return EXIT_STATUS[summary["stopped"]]
+    return 0 if summary["stopped"] == "completed" else 1
+
+
+def _checkpoint_hint(out_dir):
+    path = None if out_dir is None else os.path.join(out_dir, CHECKPOINT_FILE)
+    if path is not None and os.path.exists(path):
+        return f"the last checkpoint is {path}: continue with `python -m wasap.run --resume {out_dir}`."
+    return "no checkpoint had been written."
 
 
 if __name__ == "__main__":
+    warnings.showwarning = _show_warning
     sys.exit(main())
