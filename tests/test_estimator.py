@@ -1,23 +1,28 @@
 """The scikit-learn estimators: scikit-learn's own checks, equivalence with wasap.train.fit, persistence, errors."""
 
 import pickle
+import re
+import signal
 import warnings
 
 import numpy as np
 import pytest
 import scipy.sparse
 from sklearn.datasets import make_classification, make_regression
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import wasap.estimator
 from wasap.config import TrainConfig
 from wasap.data import Dataset
 from wasap.estimator import SparseMLPClassifier, SparseMLPRegressor
 from wasap.model import SparseMLP
+from wasap.signals import StopRequested
 from wasap.topology import DensityCapWarning
-from wasap.train import fit
+from wasap.train import TrainingDiverged, fit
 
 SMALL = dict(hidden_layer_sizes=(16,), epsilon=4, epochs=10, batch_size=16, random_state=0, threads=1)
 
@@ -39,10 +44,8 @@ EXPECTED_FAILED_CHECKS = {}
 @parametrize_with_checks(_instances(), expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
-        # Some checks train the regressor on unscaled targets, where momentum SGD diverges and the
-        # estimator warns (and keeps the last good epoch): that is the behaviour under test, not noise.
-        warnings.filterwarnings("ignore", message=".*diverged.*")
-        warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
+        # The regressor standardises its targets, so no check's data makes training diverge.
+        warnings.filterwarnings("error", message=".*diverged.*")
         check(estimator)
 
 
@@ -206,10 +209,8 @@ def test_workers_need_the_parallel_trainer(blobs):
 
 def test_regressor_learns_and_handles_several_targets():
     X, y = make_regression(n_samples=300, n_features=8, n_targets=2, noise=0.1, random_state=0)
-    X = StandardScaler().fit_transform(X)
-    y = y / y.std(axis=0)
-    reg = SparseMLPRegressor(**{**SMALL, "hidden_layer_sizes": (32,), "epochs": 30, "dropout": 0.0,
-                                "zeta": 0.1}).fit(X, y)
+    X = StandardScaler().fit_transform(X)  # y stays raw: the regressor standardises it
+    reg = SparseMLPRegressor(**{**SMALL, "hidden_layer_sizes": (32,), "epochs": 30, "zeta": 0.1}).fit(X, y)
     assert reg.predict(X).shape == (300, 2) and reg.n_outputs_ == 2
     assert reg.score(X, y) > 0.85
     single = SparseMLPRegressor(**{**SMALL, "epochs": 2}).fit(X, y[:, 0])
@@ -227,3 +228,140 @@ def test_pipeline_in_grid_search_with_processes(blobs):
     # The processes trained exactly what this process trains.
     here = GridSearchCV(pipeline, grid, cv=2, n_jobs=1).fit(X, y)
     np.testing.assert_array_equal(search.cv_results_["mean_test_score"], here.cv_results_["mean_test_score"])
+
+
+def _stop_when_epoch_starts(monkeypatch, epoch, error):
+    """Make the estimators' trainer raise ``error`` as its ``epoch``-th epoch (over all calls) starts."""
+    original = wasap.estimator._ContinuedTrainer.train_epoch
+    started = []
+
+    def train_epoch(self, X, y, *, progress=None):
+        started.append(epoch)
+        if len(started) == epoch:
+            raise error
+        return original(self, X, y, progress=progress)
+
+    monkeypatch.setattr(wasap.estimator._ContinuedTrainer, "train_epoch", train_epoch)
+
+
+@pytest.mark.parametrize("error, message", [
+    (KeyboardInterrupt(), r"interrupted by user \(Ctrl-C\): keeping the model trained so far"),
+    (TrainingDiverged("the loss became nan at step 25"),
+     r"diverged after 2 epoch\(s\); the model of the last good epoch is kept\. Lower lr"),
+])
+def test_a_fit_stopped_in_epoch_three_keeps_two_and_resumes_exactly(blobs, monkeypatch, error, message):
+    X, y, _, _ = blobs
+    uninterrupted = _classifier().fit(X, y)
+    _stop_when_epoch_starts(monkeypatch, 3, error)
+    clf = _classifier()
+    with pytest.warns(ConvergenceWarning, match=message):
+        clf.fit(X, y)
+    assert clf.n_iter_ == 2 and clf.loss_curve_ == uninterrupted.loss_curve_[:2]
+    monkeypatch.undo()
+    # The two epochs (and the SET step after the second) are kept: two more give the uninterrupted network.
+    clf.set_params(warm_start=True, epochs=2).fit(X, y)
+    _same_weights(clf.model_, uninterrupted.model_)
+    assert clf.loss_curve_ == uninterrupted.loss_curve_
+
+
+def test_sigterm_in_fit_keeps_the_model_then_exits_with_143(blobs, monkeypatch):
+    X, y, _, _ = blobs
+    uninterrupted = _classifier().fit(X, y)
+    # What wasap.train.fit's signal handler raises when SIGTERM arrives (no real signal is sent here).
+    _stop_when_epoch_starts(monkeypatch, 3, StopRequested(signal.SIGTERM, at_safe_point=True))
+    clf = _classifier()
+    with pytest.warns(ConvergenceWarning, match=r"terminated \(SIGTERM\): keeping the model trained so far"):
+        with pytest.raises(SystemExit) as exited:
+            clf.fit(X, y)
+    assert exited.value.code == 143
+    assert clf.n_iter_ == 2 and clf.loss_curve_ == uninterrupted.loss_curve_[:2] and len(clf.history_) == 2
+    assert clf.predict(X).shape == y.shape
+
+
+def _interrupt_at_batch(monkeypatch, batch):
+    """Make the network raise KeyboardInterrupt as its ``batch``-th training batch (from now on) starts.
+
+    Returns the list that gets one item per batch started.
+    """
+    original = SparseMLP.train_batch
+    started = []
+
+    def train_batch(self, *args, **kwargs):
+        started.append(batch)
+        if len(started) == batch:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseMLP, "train_batch", train_batch)
+    return started
+
+
+def test_ctrl_c_in_partial_fit_warns_and_keeps_the_batches_trained(blobs, monkeypatch):
+    X, y, _, _ = blobs
+    kept = []
+    for stop_at in (1, 2):  # Ctrl-C before the second epoch's first batch, and after it
+        clf = _classifier().partial_fit(X, y, classes=np.unique(y))
+        _interrupt_at_batch(monkeypatch, stop_at)
+        with pytest.warns(ConvergenceWarning, match=r"interrupted by user \(Ctrl-C\)"):
+            clf.partial_fit(X, y)
+        monkeypatch.undo()
+        assert clf.n_iter_ == 1 and len(clf.loss_curve_) == 1  # the unfinished epoch is not counted
+        kept.append(clf)
+    # The batch trained before Ctrl-C stayed in the network: it was not rolled back.
+    assert not all(np.array_equal(a.data, b.data) for a, b in zip(kept[0].model_.layers, kept[1].model_.layers))
+    # The next call is a whole epoch over its own data, not the rest of the interrupted one.
+    batches = _interrupt_at_batch(monkeypatch, None)
+    kept[1].partial_fit(X[:50], y[:50])
+    assert len(batches) == 4 and kept[1].n_iter_ == 2  # 50 samples in batches of 16
+
+
+@pytest.mark.parametrize("scale, changes, cause", [
+    (1000.0, {}, r"inputs are far from unit scale.*StandardScaler"),
+    (1.0, {"lr": 100.0}, r"Lower lr \(now 100\)"),
+])
+def test_divergence_in_the_first_epoch_raises_in_fit_and_partial_fit(blobs, scale, changes, cause):
+    X, y, _, _ = blobs
+    expected = rf"before it completed an epoch, so this call learnt nothing; the network is left untrained\. .*{cause}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow warning may leak
+        clf = _classifier(**changes)
+        with pytest.raises(TrainingDiverged, match=expected):
+            clf.fit(X * scale, y)
+        assert clf.n_iter_ == 0 and clf.loss_curve_ == [] and clf.model_.is_finite()
+        with pytest.raises(TrainingDiverged, match=expected):
+            _classifier(**changes).partial_fit(X * scale, y, classes=np.unique(y))
+
+
+def test_a_diverging_partial_fit_leaves_the_network_as_it_found_it(blobs, monkeypatch):
+    X, y, _, _ = blobs
+    diverged = _classifier().partial_fit(X, y, classes=np.unique(y))
+    with pytest.raises(TrainingDiverged, match="left as the previous call trained it.*unit scale"):
+        diverged.partial_fit(X * 1000, y)
+    assert diverged.n_iter_ == 1 and len(diverged.loss_curve_) == 1
+    # The oracle: the same second call stopped before its first batch (SET between the calls has run).
+    untouched = _classifier().partial_fit(X, y, classes=np.unique(y))
+    _interrupt_at_batch(monkeypatch, 1)
+    with pytest.warns(ConvergenceWarning, match="Ctrl-C"):
+        untouched.partial_fit(X * 1000, y)
+    _same_weights(diverged.model_, untouched.model_)
+
+
+def _epoch_lines(text):
+    return [line for line in text.splitlines() if line.startswith("epoch ")]
+
+
+def test_verbose_names_the_data_it_evaluated(blobs, capsys):
+    X, y, X_test, y_test = blobs
+    clf = _classifier(epochs=2, verbose=True).fit(X, y)
+    lines = _epoch_lines(capsys.readouterr().out)
+    assert len(lines) == 2 and not any("test" in line for line in lines)
+    # The figure is the training data's accuracy (no SET after the last epoch: the final network's).
+    shown = float(re.search(r"training-set accuracy ([\d.]+)%", lines[-1]).group(1))
+    assert shown == pytest.approx(100 * clf.score(X, y), abs=0.006)
+    clf = _classifier(epochs=2, verbose=True).fit(X, y, X_val=X_test, y_val=y_test)
+    lines = _epoch_lines(capsys.readouterr().out)
+    shown = float(re.search(r"test accuracy ([\d.]+)%", lines[-1]).group(1))
+    assert shown == pytest.approx(100 * clf.score(X_test, y_test), abs=0.006)
+    SparseMLPRegressor(**{**SMALL, "epochs": 2, "verbose": True}).fit(X, X[:, 0])
+    lines = _epoch_lines(capsys.readouterr().out)
+    assert len(lines) == 2 and all("training-set loss" in line and "test" not in line for line in lines)

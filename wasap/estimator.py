@@ -18,6 +18,7 @@ with the same settings; the fitted network is ``model_``, a
 """
 
 import operator
+import re
 import warnings
 
 import numpy as np
@@ -31,12 +32,22 @@ from . import kernels
 from .config import TrainConfig
 from .data import Dataset, encode_labels, validate_features, validate_training_data
 from .model import SparseMLP
-from .train import SequentialTrainer, default_threads, fit
+from .signals import EXIT_STATUS
+from .train import SequentialTrainer, TrainingDiverged, default_threads, fit
 
 __all__ = ["SparseMLPClassifier", "SparseMLPRegressor"]
 
 # Sparse input is densified (wasap's input layer multiplies dense rows), so any format will do.
 _SPARSE_FORMATS = ("csr", "csc", "coo")
+
+# He initialisation and the default lr assume inputs of about unit scale: a first layer's pre-activations
+# grow with the inputs' scale and its gradient steps with its square, so features ten times larger take
+# steps a hundred times larger. Past this root mean square the inputs are the likely cause of a divergence.
+_UNSCALED_INPUT_RMS = 10.0
+
+# wasap.train.fit's per-epoch line (RunRecorder.describe) names its evaluation split "test"; without
+# validation data the estimators evaluate the training data there.
+_EVALUATION_WORDS = re.compile(r"\btest (accuracy|loss)\b")
 
 
 class _ContinuedTrainer:
@@ -124,8 +135,17 @@ class _BaseSparseMLP(BaseEstimator):
             return int(self.random_state)
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
-    def _log(self):
-        return print if self.verbose else None
+    def _log(self, *, validation):
+        """The ``log`` of :func:`wasap.train.fit`: None unless verbose; names the evaluated data truly.
+
+        Without validation data the per-epoch evaluation is of the training data, so its figures are
+        labelled "training-set" rather than "test".
+        """
+        if not self.verbose:
+            return None
+        if validation:
+            return print
+        return lambda line: print(_EVALUATION_WORDS.sub(r"training-set \1", line))
 
     # -- training ------------------------------------------------------------------------------
 
@@ -140,12 +160,15 @@ class _BaseSparseMLP(BaseEstimator):
             self.n_iter_ = 0
             self.loss_curve_ = []
             self.history_ = []
+            self._evolve_pending = False
             return config
         # set_params may have changed hyperparameters since the last call; the random streams go on.
         self._trainer.config = self._config(self._trainer.config.seed)
-        if self.n_iter_ > 0:
-            # fit() skips SET after its last epoch, so the topology step between two calls happens here.
+        if self._evolve_pending:
+            # fit() skips SET after its last epoch, and partial_fit() after its one, so the topology step
+            # between two calls happens here.
             self._trainer.end_of_epoch(self.n_iter_, last=False)
+            self._evolve_pending = False
         return self._trainer.config
 
     def _fit(self, X, y, X_val, y_val, *, n_outputs, first):
@@ -164,15 +187,15 @@ class _BaseSparseMLP(BaseEstimator):
         # stands in (inference costs about a tenth of a training epoch) and its metrics are dropped below.
         data = Dataset("training data", X, y, X if X_val is None else X_val, y if X_val is None else y_val,
                        getattr(self, "classes_", np.empty(0)))
-        if self.workers > 1:
-            summary = _fit_parallel()(self.model_, data, config, progress=False, log=self._log())
-        else:
-            summary = fit(self.model_, data, config, trainer=_ContinuedTrainer(self._trainer, self.n_iter_),
-                          progress=False, log=self._log())
-        if summary["stopped"] == "diverged":
-            warnings.warn(f"{type(self).__name__}: training diverged after {summary['epochs_completed']} "
-                          "epoch(s); the model of the last good epoch is kept. Lower lr, raise weight_decay, "
-                          "or scale the inputs (e.g. with StandardScaler).", ConvergenceWarning, stacklevel=3)
+        log = self._log(validation=X_val is not None)
+        # A divergence is detected (non-finite loss or weights) and reported below; numpy's overflow
+        # warnings on the way there would only say the same, less clearly.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.workers > 1:
+                summary = _fit_parallel()(self.model_, data, config, progress=False, log=log)
+            else:
+                summary = fit(self.model_, data, config, trainer=_ContinuedTrainer(self._trainer, self.n_iter_),
+                              progress=False, log=log)
         for record in summary["history"]:
             record = dict(record, epoch=self.n_iter_ + record["epoch"])
             if X_val is None:
@@ -181,18 +204,96 @@ class _BaseSparseMLP(BaseEstimator):
             self.history_.append(record)
             self.loss_curve_.append(record["train_loss"])
         self.n_iter_ += summary["epochs_completed"]
+        # A fit stopped early (Ctrl-C, divergence) has run SET after its last good epoch already.
+        self._evolve_pending = summary["stopped"] == "completed" and summary["epochs_completed"] > 0
+        if summary["stopped"] in ("interrupted", "terminated"):
+            self._abandon_unfinished_epoch()
+        self._report_stop(summary["stopped"], summary["epochs_completed"], X)
         return self
 
     def _partial_fit(self, X, y, *, n_outputs, first):
         """One epoch of the sequential trainer on ``(X, y)``; see :meth:`_fit` for the arrays."""
         config = self._prepare(X.shape[1], n_outputs, first)
         kernels.set_threads(config.threads or default_threads())
-        loss, accuracy = self._trainer.train_epoch(X, y)
+        # As fit keeps the last good epoch: a diverged epoch leaves the network as the call found it.
+        before = self.model_.copy()
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                loss, accuracy = self._trainer.train_epoch(X, y)
+        except TrainingDiverged as error:
+            self.model_.layers = before.layers
+            self.model_.release_workspaces()
+            raise self._diverged_at_once(X) from error
+        except KeyboardInterrupt:
+            self._abandon_unfinished_epoch()
+            self._report_stop("interrupted", 0, X)
+            return self
         self.n_iter_ += 1
+        self._evolve_pending = True
         self.loss_curve_.append(loss)
         self.history_.append(dict(epoch=self.n_iter_, train_loss=loss, train_accuracy=accuracy,
                                   nnz=self.model_.nnz_per_layer()))
         return self
+
+    def _abandon_unfinished_epoch(self):
+        """Start the next call on a fresh epoch; the batches trained before a stop stay in the network.
+
+        The trainer notes where an interrupted epoch stopped, to finish it on the same data; the next
+        call here may bring other data (partial_fit's next chunk), and the rest of an epoch over these
+        would cover only part of them.
+        """
+        self._trainer.position = None
+
+    def _report_stop(self, stopped, epochs_completed, X):
+        """Raise or warn for a training call that stopped early (``stopped`` as in wasap's summary.json).
+
+        Parameters
+        ----------
+        stopped : str
+            "completed", "diverged", "interrupted" (Ctrl-C) or "terminated" (SIGTERM).
+        epochs_completed : int
+            Epochs this call trained before it stopped.
+        X : (n_samples, n_features) float32
+            The training inputs, to tell whether their scale is the likely cause of a divergence.
+
+        Raises
+        ------
+        wasap.train.TrainingDiverged
+            When the call diverged before it completed an epoch.
+        SystemExit
+            With the command line's status after SIGTERM (143) when SIGTERM stopped the call, after the
+            model trained so far is kept.
+        """
+        name = type(self).__name__
+        if stopped == "diverged":
+            if epochs_completed == 0:
+                raise self._diverged_at_once(X)
+            warnings.warn(f"{name}: training diverged after {epochs_completed} epoch(s); the model of the "
+                          f"last good epoch is kept. {self._divergence_advice(X)}", ConvergenceWarning,
+                          stacklevel=4)
+        elif stopped == "interrupted":
+            warnings.warn(f"{name}: training interrupted by user (Ctrl-C): keeping the model trained so far "
+                          f"({self.n_iter_} epoch(s) in all).", ConvergenceWarning, stacklevel=4)
+        elif stopped == "terminated":
+            warnings.warn(f"{name}: training terminated (SIGTERM): keeping the model trained so far "
+                          f"({self.n_iter_} epoch(s) in all), then exiting with status {EXIT_STATUS[stopped]}.",
+                          ConvergenceWarning, stacklevel=4)
+            raise SystemExit(EXIT_STATUS[stopped])
+
+    def _diverged_at_once(self, X):
+        """The TrainingDiverged of a call that diverged before it completed an epoch."""
+        kept = ("the network is left as the previous call trained it" if self.n_iter_ > 0
+                else "the network is left untrained")
+        return TrainingDiverged(f"{type(self).__name__}: training diverged before it completed an epoch, so "
+                                f"this call learnt nothing; {kept}. {self._divergence_advice(X)}")
+
+    def _divergence_advice(self, X):
+        """What to change after a divergence: the inputs' scale when it is far from 1, else the step size."""
+        rms = float(np.sqrt(np.max(np.mean(np.square(X, dtype=np.float64), axis=0))))
+        if rms > _UNSCALED_INPUT_RMS:
+            return (f"The inputs are far from unit scale (a feature's root mean square is {rms:.3g}): "
+                    f"standardise them, e.g. make_pipeline(StandardScaler(), {type(self).__name__}(...)).")
+        return f"Lower lr (now {self.lr:g}), e.g. to {self.lr / 10:g}."
 
     def _validate_X(self, X, *, reset):
         """Features as float32 rows; scikit-learn's checks of type and width, wasap's of values."""
@@ -283,7 +384,8 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
         Seeds every random stream (topology, weights, shuffling, dropout). An int is used as the command
         line's ``--seed``, so ``random_state=0`` trains the same network as ``python -m wasap.run --seed 0``.
     verbose : bool, default=False
-        Print one line per epoch, and warn when epsilon makes a hidden layer dense.
+        Print one line per epoch, and warn when epsilon makes a hidden layer dense. The line's evaluation
+        is of ``X_val`` ("test accuracy"), or without it of the training data ("training-set accuracy").
 
     Attributes
     ----------
@@ -309,6 +411,21 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
     ``X`` may be a scipy.sparse matrix; it is densified to float32, because wasap's input layer takes dense
     rows (its sparsity is in the weights). Inputs should be scaled (e.g. ``StandardScaler`` in a Pipeline),
     as the paper standardises every data set.
+
+    When training stops early:
+
+    - **Divergence** (a loss or weight turns NaN or infinite) before the first epoch of a :meth:`fit` or
+      :meth:`partial_fit` call is complete raises :class:`wasap.train.TrainingDiverged`, whose message
+      says what to change; the network is left untrained, or as the previous call trained it (with
+      ``warm_start``, or after :meth:`partial_fit`). Later in a :meth:`fit`, the model of the last good
+      epoch is kept, with a ``ConvergenceWarning``.
+    - **Ctrl-C** (KeyboardInterrupt) during :meth:`fit` or :meth:`partial_fit` stops training with a
+      ``ConvergenceWarning``, as MLPClassifier does, and keeps the model trained so far. An unfinished
+      epoch is not counted in ``n_iter_``; its batches stay in the network, and the next call starts a
+      fresh epoch.
+    - **SIGTERM** during :meth:`fit` (where wasap's trainer catches it) keeps the model trained so far,
+      warns, and then raises ``SystemExit(143)``, so that a terminated process still exits, with the
+      status SIGTERM would have given it; catch SystemExit to go on with the model.
 
     Examples
     --------
@@ -426,18 +543,57 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
     """A truly sparse multilayer perceptron regressor: identity output, mean squared error.
 
     The parameters and attributes are those of :class:`SparseMLPClassifier` (``alpha`` is the All-ReLU
-    slope; L2 is ``weight_decay``), less ``classes_``; ``loss_curve_`` holds half the mean squared error,
-    summed over the outputs. Targets are not rescaled: standardise them (e.g. with
-    ``sklearn.compose.TransformedTargetRegressor``) when their scale is far from 1.
+    slope; L2 is ``weight_decay``), less ``classes_``. Four defaults differ, chosen for regression
+    (``tools/regressor_vs_mlp.py`` measures them against MLPRegressor, both at their defaults):
+
+    - ``activation="relu"``: with All-ReLU, momentum SGD on small regression sets often diverged or
+      drove the predictions far off; ReLU trains steadily there. ``alpha`` keeps the paper's 0.5 for
+      ``activation="all-relu"``.
+    - ``dropout=0.0``: dropout's noise lands directly in the predicted values, where every bit of it is
+      error (a classifier's argmax shrugs most of it off); MLPRegressor has no dropout either.
+    - ``batch_size=32``: regression sets are often a few hundred samples, and batches of 32 give them
+      four times the steps per epoch that 128 would.
+    - ``zero_output=True``: the network starts out predicting the training targets' mean (R2 0) instead
+      of a random function of the inputs, which a small data set may not pull it all the way back from;
+      the hidden layers start learning as soon as the output weights leave 0.
+
+    **Targets are standardised internally**: each output is centred and divided by its standard deviation
+    over the training targets (a constant target is only centred), the network learns those, and
+    :meth:`predict` maps its outputs back. Targets of any scale train alike and :meth:`score` does not
+    depend on it. Fits with ``warm_start`` and :meth:`partial_fit` calls after the first keep the first
+    call's statistics. ``loss_curve_`` and the losses in ``history_`` are therefore in standardised units:
+    half the mean squared error of the standardised targets, summed over the outputs.
+
+    Inputs are not rescaled: features of about unit scale (make_regression's standard normal ones,
+    make_friedman1's in [0, 1]) train well as they are; put a ``StandardScaler`` in front of others.
+    Divergence, Ctrl-C and SIGTERM are handled as :class:`SparseMLPClassifier`'s Notes describe.
 
     Attributes
     ----------
     n_outputs_ : int
         Number of targets; :meth:`predict` returns shape (n_samples,) when it is 1.
+    target_mean_ : ndarray of shape (n_outputs_,)
+        Per-output mean of the targets the network was first fitted on.
+    target_scale_ : ndarray of shape (n_outputs_,)
+        Per-output standard deviation of those targets (1 for a constant target).
     """
 
     _output_activation = "identity"
     _loss = "mse"
+
+    def __init__(self, hidden_layer_sizes=(400, 100, 400), *, activation="relu", alpha=0.5, epsilon=20.0,
+                 zeta=0.3, init="he-uniform", epochs=100, batch_size=32, lr=0.01, lr_fan_in=None, output_lr=None,
+                 zero_output=True, momentum=0.9, weight_decay=2e-4, dropout=0.0, importance_pruning=False,
+                 ip_start=200, ip_every=10, ip_percentile=20.0, threads=None, workers=1, sync=False,
+                 phase2_start=None, warm_start=False, random_state=None, verbose=False):
+        super().__init__(
+            hidden_layer_sizes, activation=activation, alpha=alpha, epsilon=epsilon, zeta=zeta, init=init,
+            epochs=epochs, batch_size=batch_size, lr=lr, lr_fan_in=lr_fan_in, output_lr=output_lr,
+            zero_output=zero_output, momentum=momentum, weight_decay=weight_decay, dropout=dropout,
+            importance_pruning=importance_pruning, ip_start=ip_start, ip_every=ip_every,
+            ip_percentile=ip_percentile, threads=threads, workers=workers, sync=sync, phase2_start=phase2_start,
+            warm_start=warm_start, random_state=random_state, verbose=verbose,
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -465,11 +621,14 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
             raise ValueError(f"warm_start needs {self.n_outputs_} target(s) as in the previous fit; "
                              f"y has {y.shape[1]}.")
         self.n_outputs_ = y.shape[1]
+        if first:
+            self._fit_target_scaling(y)
         if (X_val is None) != (y_val is None):
             raise ValueError("give both X_val and y_val, or neither.")
         if X_val is not None:
             X_val, y_val = self._validate_Xy(X_val, y_val, reset=False)
-        return self._fit(X, y, X_val, y_val, n_outputs=self.n_outputs_, first=first)
+            y_val = self._scale_targets(y_val)
+        return self._fit(X, self._scale_targets(y), X_val, y_val, n_outputs=self.n_outputs_, first=first)
 
     def partial_fit(self, X, y):
         """Train one epoch on ``(X, y)``; successive calls train like the epochs of :meth:`fit`.
@@ -487,16 +646,30 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
         X, y = self._validate_Xy(X, y, reset=first)
         if first:
             self.n_outputs_ = y.shape[1]
+            self._fit_target_scaling(y)
         elif y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y.shape[1]} target(s) but the regressor was fitted with {self.n_outputs_}.")
-        return self._partial_fit(X, y, n_outputs=self.n_outputs_, first=first)
+        return self._partial_fit(X, self._scale_targets(y), n_outputs=self.n_outputs_, first=first)
 
     def _validate_Xy(self, X, y, *, reset):
-        """``X`` float32 rows and ``y`` as float32 of shape (n_samples, n_outputs), the trainer's layout."""
+        """``X`` float32 rows and ``y`` as float64 of shape (n_samples, n_outputs)."""
         X, y = validate_data(self, X, y, reset=reset, accept_sparse=_SPARSE_FORMATS, dtype=np.float32,
                              ensure_all_finite=False, multi_output=True, y_numeric=True)
         X = validate_features(X)
-        return X, np.ascontiguousarray(np.reshape(y, (y.shape[0], -1)), dtype=np.float32)
+        return X, np.reshape(np.asarray(y, dtype=np.float64), (y.shape[0], -1))
+
+    def _fit_target_scaling(self, y):
+        """Set ``target_mean_`` and ``target_scale_`` from the targets ``y``, shape (n_samples, n_outputs).
+
+        A constant target gets scale 1, so that it is only centred (its computed standard deviation is
+        rounding error, not zero).
+        """
+        self.target_mean_ = y.mean(axis=0)
+        self.target_scale_ = np.where(np.ptp(y, axis=0) == 0, 1.0, y.std(axis=0))
+
+    def _scale_targets(self, y):
+        """Targets ``y`` (n_samples, n_outputs) standardised, as float32 in the trainer's layout."""
+        return np.ascontiguousarray((y - self.target_mean_) / self.target_scale_, dtype=np.float32)
 
     def predict(self, X):
         """Predicted targets.
@@ -510,7 +683,7 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
         ndarray of shape (n_samples,) or (n_samples, n_outputs), float64
             The network computes in float32; float64 is what scikit-learn's regressors return.
         """
-        output = self._predict_output(X).astype(np.float64)
+        output = self._predict_output(X) * self.target_scale_ + self.target_mean_
         return output.ravel() if self.n_outputs_ == 1 else output
 
 
