@@ -310,3 +310,20 @@ def test_asynchronous_parallel_run_resumes_and_completes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert [r["epoch"] for r in _metrics(out)] == list(range(1, 13))
     assert json.loads((out / "summary.json").read_text())["stopped"] == "completed"
+
+
+def test_a_run_that_diverges_in_epoch_1_writes_its_outputs_and_says_why(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*RUN, "--epochs", "5", "--lr", "1e30", "--out", str(out), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "no epoch completed (diverged)" in captured.out
+    assert "Training diverged" in captured.err and "--lr" in captured.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "diverged" and summary["epochs_completed"] == 0
+    assert "Training diverged" in summary["error"]
+    # The model kept is the one the run started from (its first checkpoint), finite.
+    model = SparseMLP.load(out / "model.npz")
+    initial, _ = load_checkpoint(out / CHECKPOINT_FILE)
+    assert model.is_finite()
+    for a, b in zip(model.layers, initial.layers):
+        np.testing.assert_array_equal(a.data, b.data)

@@ -3,7 +3,8 @@
 Starts ``python -m wasap.run --workers K`` on synthetic data for as long as
 asked, samples the resident memory (RSS and USS) of the server and of every
 worker every few seconds and reads each epoch's time from metrics.jsonl; then
-stops the run with Ctrl-C (SIGINT), as a user would, and checks that it wrote
+stops the run with SIGTERM, as a job scheduler would (a process started in the
+background of a shell ignores SIGINT), and checks that it wrote
 its outputs and left no shared-memory segment behind.
 
 It prints, and writes to soak.json in the run's folder:
@@ -97,10 +98,11 @@ def main(argv=None):
             samples.append(dict(t=time.monotonic() - started, **sample(processes)))
             time.sleep(args.interval)
     finally:
+        signalled = time.monotonic()
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=300)
-    stopped_in = time.monotonic() - started - args.minutes * 60
+    stopped_in = time.monotonic() - signalled
 
     warm = [s for s in samples if s["t"] >= args.warmup * args.minutes * 60]
     memory = {}
@@ -139,7 +141,7 @@ def main(argv=None):
           f"shared segments left: {len(leftover)}")
     flat = all(f["rss_spread"] <= 0.05 for f in memory.values())
     print(f"memory flat within 5%: {'yes' if flat else 'NO'}; report in {os.path.join(out, 'soak.json')}")
-    return 0 if flat and not leftover and stopped == "interrupted" else 1
+    return 0 if flat and not leftover and stopped == "terminated" else 1
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ GIB = 1 << 30
 #: kernels loaded from numba's cache, before any model or data exists
 #: (``tools/memory_estimate.py --baseline`` measures it).
 BASELINE_BYTES = 256 << 20
+#: A WASAP-SGD worker's interpreter: it imports the core and numba, not scikit-learn's estimators.
+WORKER_BASELINE_BYTES = 160 << 20
 #: Of the memory available when a run starts, the share a run plans to use by default:
 #: the rest is left to the other processes of the machine and to the estimate's error.
 DEFAULT_BUDGET_FRACTION = 0.5
@@ -311,6 +313,63 @@ def estimate_config(config, n_features, n_outputs, n_train, n_test, *, fallback_
     )
 
 
+def estimate_parallel_config(config, n_features, n_outputs, n_train, n_test, *, data_bytes=None,
+                             baseline=BASELINE_BYTES, worker_baseline=WORKER_BASELINE_BYTES, keep_versions=8):
+    """Estimated peak memory of a WASAP-SGD run (:func:`wasap.parallel.fit_parallel`), all its processes together.
+
+    The server holds the model, the last good snapshot and the one being evaluated,
+    the served layers, the training data and every worker's gradient slots in shared
+    blocks (plus the replicas' blocks with a phase two), and the keys of the last
+    ``keep_versions`` topologies; each of the ``config.workers`` workers holds its
+    working copy of the model and its batch buffers (in phase two its replica's
+    trainer and one SET step). Each process counts its interpreter's baseline.
+
+    Parameters
+    ----------
+    config : wasap.config.TrainConfig
+        ``workers`` an int.
+    n_features, n_outputs, n_train, n_test : int
+    data_bytes : int, optional
+        Bytes of the data set in the server (default: float32 features and int64 labels).
+
+    Returns
+    -------
+    MemoryEstimate
+    """
+    workers = int(config.workers)
+    sizes = [n_features, *config.hidden, n_outputs]
+    nnz = network_nnz(sizes, config.epsilon)
+    layers = list(zip(sizes, sizes[1:], nnz))
+    weights = sum(layer_bytes(n_in, n_out, count) for n_in, n_out, count in layers)
+    total_nnz, total_out = sum(nnz), sum(sizes[1:])
+    if data_bytes is None:
+        data_bytes = 4 * (n_train + n_test) * n_features + 8 * (n_train + n_test)
+    slots = 1 if config.sync else 2
+    # Served layer: int64 indptr, int32 indices, float32 values and momentum; biases and their momentum.
+    served = 12 * total_nnz + 8 * sum(n_in + 1 for n_in in sizes[:-1]) + 8 * total_out
+    phase2 = config.phase2_start is not None and config.phase2_start <= config.epochs
+    shared = served + 4 * n_train * n_features + 8 * n_train + workers * slots * 4 * (total_nnz + total_out)
+    if phase2:
+        shared += workers * served
+    partition = -(-n_train // workers)
+    parts = {
+        "server: model, last good and evaluated copies": 3 * weights,
+        "server: evaluation buffers": sum(evaluation_workspace_bytes(sizes, rows)
+                                          for rows in batch_sizes(n_test, eval_batch_size(sizes))),
+        "server: topologies kept for stale gradients": 8 * total_nnz * min(keep_versions, max(1, config.epochs)),
+        "server: data set": data_bytes,
+        "shared blocks": shared,
+        f"{workers} workers: model copies and batch buffers": workers * (weights + sum(
+            training_workspace_bytes(sizes, size) for size in batch_sizes(partition, config.batch_size))),
+        "interpreters": baseline + workers * worker_baseline,
+    }
+    if phase2:
+        parts[f"{workers} workers: replicas in phase two"] = workers * (weights + max(
+            evolution_transient_bytes(n_in, n_out, count, config.zeta) for n_in, n_out, count in layers))
+    total = sum(parts.values())
+    return MemoryEstimate("parallel training", parts, {"parallel training": total})
+
+
 # ---------------------------------------------------------------------------------------------------
 # The budget
 # ---------------------------------------------------------------------------------------------------
@@ -550,12 +609,15 @@ def plan_run(config, data, *, budget=None, fallback_copy=False, log=None, availa
     shape = data if isinstance(data, DataShape) else DataShape.of(data)
 
     def estimate(cfg):
+        if cfg.workers > 1:
+            return estimate_parallel_config(cfg, shape.n_features, shape.n_classes, shape.n_train, shape.n_test,
+                                            data_bytes=shape.nbytes)
         return estimate_config(cfg, shape.n_features, shape.n_classes, shape.n_train, shape.n_test,
                                fallback_copy=fallback_copy, data_bytes=shape.nbytes)
 
-    # The parallel trainer does not split batches, and one process's need is a lower bound of its total.
+    # The parallel trainer does not split batches.
     if config.micro_batch is not None or config.workers > 1:
-        planned = estimate(config.replace(micro_batch=None) if config.workers > 1 else config)
+        planned = estimate(config)
         if planned.total > budget_bytes:
             raise MemoryBudgetError(_refusal(config, planned, budget_bytes, budget_text, estimate))
         _say(log, f"memory: estimated peak {planned.describe()}; {budget_text}")
@@ -582,7 +644,7 @@ def _refusal(config, planned, budget_bytes, budget_text, estimate):
     """The message of a run that does not fit: estimate, largest parts, budget, and what would fit."""
     lines = [f"this run needs an estimated {planned.describe()}, over the memory {budget_text}."]
     if config.workers > 1:
-        lines.append(f"That is what one process holds; {config.workers} workers hold more.")
+        lines.append(f"That is all {config.workers} workers and the server together; fewer workers need less.")
     smallest = micro_batch_candidates(config.batch_size)[-1] if config.workers == 1 else None
 
     def fits(cfg):
