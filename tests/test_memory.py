@@ -342,12 +342,16 @@ def test_parallel_estimate_against_the_processes_measured_peaks(tmp_path):
         "    data = load_dataset('synthetic', n_samples=4000, n_features=200, n_classes=3, seed=0)\n"
         "    config = TrainConfig(hidden=(800, 800), epsilon=20, epochs=2, workers=2, threads=1)\n"
         "    model = SparseMLP.from_config(data.n_features, data.n_classes, config)\n"
-        f"    fit_parallel(model, data, config, out_dir={str(tmp_path / 'run')!r}, log=None, profile_interval=0.05)\n"
+        f"    fit_parallel(model, data, config, out_dir={str(tmp_path / 'run')!r}, log=None, profile_interval=0.05,\n"
+        "                 overwrite=True)\n"
     )
     (tmp_path / "train.py").write_text(script)
-    result = subprocess.run([sys.executable, str(tmp_path / "train.py")], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
+    # Twice: a first run on a fresh checkout compiles the kernels, and compiling holds memory that
+    # later runs, which load them from numba's cache, do not.
+    for _ in range(2):
+        result = subprocess.run([sys.executable, str(tmp_path / "train.py")], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
     profile = json.loads((tmp_path / "run" / "profile.json").read_text())
     measured = sum(entry["peak_rss_bytes"] for entry in profile["summary"].values()
                    if entry.get("peak_rss_bytes"))
