@@ -65,6 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .. import kernels
+from ..kernels import available_cores
 from ..profiling import CpuSampler, build_profile, format_profile_table, write_profile
 from ..checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer
 from ..records import RunRecorder, run_facts
@@ -80,11 +81,6 @@ from .worker import WorkerStart, worker_main
 START_METHODS = ("spawn", "forkserver")
 _RECEIVE_TIMEOUT = 0.2
 _STARTUP_TIMEOUT = 300.0
-
-
-def available_cores():
-    """Cores this process may run on (its CPU affinity)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_workers(workers):
