@@ -357,3 +357,14 @@ def test_parallel_estimate_against_the_processes_measured_peaks(tmp_path):
                    if entry.get("peak_rss_bytes"))
     # Resident memory counts a shared page in every process that touched it, and samples miss short peaks.
     assert 0.7 * measured <= estimate.total <= 1.3 * measured, (estimate.describe(), measured)
+
+
+def test_csv_reader_refuses_a_file_that_would_not_fit_before_reading_it(tmp_path, monkeypatch):
+    path = tmp_path / "big.csv"
+    path.write_text("a,b,label\n" + "".join(f"{i},{i + 1},{'xy'[i % 2]}\n" for i in range(2000)))
+    # The real file is small; an availability of a few KiB stands in for a machine it would overflow.
+    monkeypatch.setattr(memory, "available_bytes", lambda: 40_000)
+    with pytest.raises(DataError, match=r"about \d+ rows x 3 columns .* more than the"):
+        load_dataset(str(path))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10 ** 9)
+    assert load_dataset(str(path)).n_train + load_dataset(str(path)).n_test == 2000

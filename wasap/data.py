@@ -1220,6 +1220,7 @@ def _read_csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
     header_fields = first_line.split(delimiter)
     has_header = not all(_is_number(header_fields[i]) for i in feature_columns)
     options = dict(delimiter=delimiter, skiprows=int(has_header), quotechar='"', comments=None)
+    _check_table_size(path, n_columns, int(has_header))
     try:
         X = np.loadtxt(path, usecols=feature_columns, dtype=np.float32, ndmin=2, **options)
         labels = np.loadtxt(path, usecols=label_index, dtype=str, ndmin=1, **options)
@@ -1326,6 +1327,34 @@ def _read_svmlight_pair(train: Path, test: Path):
         raise DataError(f"{train} / {test}: not valid svmlight/libsvm files ({exc}).") from exc
     _check_densified_size([X_train, X_test], f"{train} / {test}")
     return X_train.toarray(), _integral_to_int(y_train), X_test.toarray(), _integral_to_int(y_test)
+
+
+def _check_table_size(path: Path, n_columns: int, skip: int, sample_lines: int = 1000) -> None:
+    """DataError when reading a csv file of ``n_columns`` columns would not fit in memory.
+
+    The row count is estimated from the file's size and the length of its first lines; reading
+    holds the float32 features and the label column's text, about 8 bytes a field. The limit is
+    the memory a run plans to use by default (:data:`wasap.memory.DEFAULT_BUDGET`).
+    """
+    from .memory import DEFAULT_BUDGET, available_bytes, format_bytes
+
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        lines = [line for _, line in zip(range(sample_lines + skip), handle)][skip:]
+    if not lines:
+        return
+    rows = int(size / (sum(len(line) for line in lines) / len(lines)))
+    needed = 8 * rows * n_columns
+    available = available_bytes()
+    limit = DEFAULT_BUDGET.resolve(available)
+    if needed <= limit:
+        return
+    raise DataError(
+        f"{path}: about {rows} rows x {n_columns} columns (from its size, {format_bytes(size)}) would take about "
+        f"{format_bytes(needed)} to read, more than the {format_bytes(limit)} a run may use "
+        f"({DEFAULT_BUDGET.fraction:.0%} of the {format_bytes(available)} available). Train on a sample of its rows "
+        "or fewer columns, or on a machine with more memory."
+    )
 
 
 def _check_densified_size(matrices: list, source: str) -> None:
