@@ -34,7 +34,7 @@ def needs_shared(folder: str) -> Path:
     """The shared data folder, or skip the test when this checkout has none."""
     path = SHARED / folder
     if not path.is_dir():
-        pytest.skip(f"{path} is absent (set the path to the shared data sets to run this test)")
+        pytest.skip(f"{path} is absent (the shared data sets are not beside this checkout)")
     return path
 
 
