@@ -12,7 +12,8 @@ from . import __version__, predict, run
 
 #: Each subcommand: the function that runs it (argv -> exit status) and one line of help.
 COMMANDS = {
-    "train": (functools.partial(run.main, prog="wasap train"), "train a sparse MLP and write its output folder (the flags of python -m wasap.run)"),
+    "train": (functools.partial(run.main, prog="wasap train"),
+              "train a sparse MLP and write its output folder (the flags of python -m wasap.run)"),
     "predict": (functools.partial(predict.main, prog="wasap predict"),
                 "predict the labels of a data file with a trained model (python -m wasap.predict)"),
 }

@@ -1336,7 +1336,7 @@ def _check_table_size(path: Path, n_columns: int, skip: int, sample_lines: int =
     holds the float32 features and the label column's text, about 8 bytes a field. The limit is
     the memory a run plans to use by default (:data:`wasap.memory.DEFAULT_BUDGET`).
     """
-    from .memory import DEFAULT_BUDGET, available_bytes, format_bytes
+    from .memory import format_bytes
 
     size = path.stat().st_size
     with open(path, "rb") as handle:
@@ -1345,16 +1345,24 @@ def _check_table_size(path: Path, n_columns: int, skip: int, sample_lines: int =
         return
     rows = int(size / (sum(len(line) for line in lines) / len(lines)))
     needed = 8 * rows * n_columns
-    available = available_bytes()
-    limit = DEFAULT_BUDGET.resolve(available)
+    limit, limit_text = _reading_limit()
     if needed <= limit:
         return
     raise DataError(
         f"{path}: about {rows} rows x {n_columns} columns (from its size, {format_bytes(size)}) would take about "
-        f"{format_bytes(needed)} to read, more than the {format_bytes(limit)} a run may use "
-        f"({DEFAULT_BUDGET.fraction:.0%} of the {format_bytes(available)} available). Train on a sample of its rows "
-        "or fewer columns, or on a machine with more memory."
+        f"{format_bytes(needed)} to read, more than {limit_text}. Train on a sample of its rows or fewer columns, "
+        "or on a machine with more memory."
     )
+
+
+def _reading_limit() -> tuple[int, str]:
+    """The bytes a reader may let its data take (:data:`wasap.memory.DEFAULT_BUDGET`), and those words."""
+    from .memory import DEFAULT_BUDGET, available_bytes, format_bytes
+
+    available = available_bytes()
+    limit = DEFAULT_BUDGET.resolve(available)
+    return limit, (f"the {format_bytes(limit)} a run may use ({DEFAULT_BUDGET.fraction:.0%} of the "
+                   f"{format_bytes(available)} available)")
 
 
 def _check_densified_size(matrices: list, source: str) -> None:
@@ -1364,21 +1372,19 @@ def _check_densified_size(matrices: list, source: str) -> None:
     index) values; a file naming feature 10**9 would become terabytes. The limit is the
     memory a run plans to use by default (:data:`wasap.memory.DEFAULT_BUDGET`).
     """
-    from .memory import DEFAULT_BUDGET, available_bytes, format_bytes
+    from .memory import format_bytes
 
     dense = sum(4 * X.shape[0] * X.shape[1] for X in matrices)
-    available = available_bytes()
-    limit = DEFAULT_BUDGET.resolve(available)
+    limit, limit_text = _reading_limit()
     if dense <= limit:
         return
     rows = sum(X.shape[0] for X in matrices)
     used = np.unique(np.concatenate([X.indices for X in matrices])).shape[0]
     raise DataError(
         f"{source}: its {rows} rows x {matrices[0].shape[1]} features (up to its largest feature index) take "
-        f"{format_bytes(dense)} as dense float32, more than the {format_bytes(limit)} a run may use "
-        f"({DEFAULT_BUDGET.fraction:.0%} of the {format_bytes(available)} available); wasap trains on dense rows. Only {used} distinct "
-        "features occur: number them consecutively from 1 (drop the unused indices), keep fewer features, "
-        "or use a machine with more memory."
+        f"{format_bytes(dense)} as dense float32, more than {limit_text}; wasap trains on dense rows. Only "
+        f"{used} distinct features occur: number them consecutively from 1 (drop the unused indices), keep "
+        "fewer features, or use a machine with more memory."
     )
 
 

@@ -242,6 +242,29 @@ class RunRecorder:
                              self.path("summary.json"))
         return dict(summary, history=self.history)
 
+    def write_checkpoint(self, checkpoints, model, trainer_state, *, command_line=None, classes=None):
+        """Write a checkpoint of ``model`` with the trainer's state and this run's metrics so far.
+
+        Parameters
+        ----------
+        checkpoints : wasap.checkpoint.Checkpointer
+        model : SparseMLP
+        trainer_state : dict
+            JSON-ready: what the trainer needs to go on (:meth:`wasap.train.SequentialTrainer.state_dict`,
+            or the parallel server's state).
+        command_line : list of str, optional
+        classes : array-like, optional
+
+        Raises
+        ------
+        OutputWriteError
+            When the file cannot be written.
+        """
+        state = dict(epoch=self.history[-1]["epoch"] if self.history else 0, trainer=trainer_state,
+                     history=self.history, nnz_start=self.nnz_start, elapsed_seconds=self.elapsed_seconds(),
+                     config=self.config.to_dict(), run=dict(command_line=command_line))
+        self.guarded_write(lambda: checkpoints.write(model, state, classes=classes), checkpoints.path)
+
     def close(self):
         """Release the output folder's lock."""
         if self._lock is not None:

@@ -40,6 +40,11 @@ def stop_reason(error):
     return "terminated" if getattr(error, "signum", None) == signal.SIGTERM else "interrupted"
 
 
+def describe_stop(reason):
+    """The line a run logs when it stops on a signal (``reason`` from :func:`stop_reason`)."""
+    return f"{'Terminated (SIGTERM)' if reason == 'terminated' else 'Interrupted'}: keeping the model trained so far."
+
+
 class StopSignals:
     """SIGINT and SIGTERM handling for the duration of a run.
 

@@ -17,7 +17,7 @@ from .data import DataError, validate_features, validate_training_data
 from .kernels import gather_transposed
 from .model import SparseMLP, stream_seed
 from .records import RunRecorder, run_facts
-from .signals import StopSignals
+from .signals import StopSignals, describe_stop
 from .signals import stop_reason as stop_reason_of
 
 
@@ -292,13 +292,8 @@ class _Run:
 
     def checkpoint(self):
         """Write a checkpoint of the model and the trainer as they are now (a consistent point)."""
-        history = self.recorder.history
-        state = dict(epoch=history[-1]["epoch"] if history else 0, trainer=self.trainer.state_dict(),
-                     history=history, nnz_start=self.recorder.nnz_start,
-                     elapsed_seconds=self.recorder.elapsed_seconds(), config=self.config.to_dict(),
-                     run=dict(command_line=self.command_line))
-        self.recorder.guarded_write(lambda: self.checkpoints.write(self.model, state, classes=self.classes),
-                                    self.checkpoints.path)
+        self.recorder.write_checkpoint(self.checkpoints, self.model, self.trainer.state_dict(),
+                                       command_line=self.command_line, classes=self.classes)
 
     def train(self, *, progress, keep_last_good, init_seconds, first_epoch):
         from tqdm.auto import tqdm
@@ -358,8 +353,7 @@ class _Run:
                 stop_reason = stop_reason_of(error)
                 if checkpoints is not None and getattr(error, "at_safe_point", False):
                     self.checkpoint()
-                log(f"{'Terminated (SIGTERM)' if stop_reason == 'terminated' else 'Interrupted'}: "
-                    "keeping the model trained so far.")
+                log(describe_stop(stop_reason))
             except TrainingDiverged as error:
                 stop_reason = "diverged"
                 recorder.extra["error"] = (f"Training diverged ({error}); {fallback.restore()} Lower the learning "

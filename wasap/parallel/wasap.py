@@ -69,7 +69,7 @@ from ..kernels import available_cores
 from ..profiling import CpuSampler, build_profile, format_profile_table, write_profile
 from ..checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer
 from ..records import RunRecorder, run_facts
-from ..signals import StopSignals
+from ..signals import StopSignals, describe_stop
 from ..signals import stop_reason as stop_reason_of
 from ..train import TrainingDiverged, check_data
 from .server import ParameterServer, averaged_model
@@ -253,8 +253,7 @@ class _ParallelRun:
                 self._phase_two()
         except KeyboardInterrupt as error:
             stop_reason = stop_reason_of(error)
-            self.log(f"{'Terminated (SIGTERM)' if stop_reason == 'terminated' else 'Interrupted'}: "
-                     "keeping the model trained so far.")
+            self.log(describe_stop(stop_reason))
         except TrainingDiverged as error:
             stop_reason = "diverged"
             self.current = None
@@ -472,13 +471,8 @@ class _ParallelRun:
 
     def _checkpoint(self, model, trainer):
         """Write a checkpoint of ``model`` with the server's state ``trainer`` and the metrics so far."""
-        history = self.recorder.history
-        state = dict(epoch=history[-1]["epoch"] if history else 0, trainer=trainer, history=history,
-                     nnz_start=self.recorder.nnz_start, elapsed_seconds=self.recorder.elapsed_seconds(),
-                     config=self.config.to_dict(), run=dict(command_line=self.command_line))
-        self.recorder.guarded_write(
-            lambda: self.checkpoints.write(model, state, classes=getattr(self.data, "classes", None)),
-            self.checkpoints.path)
+        self.recorder.write_checkpoint(self.checkpoints, model, trainer, command_line=self.command_line,
+                                       classes=getattr(self.data, "classes", None))
 
     def _checkpoint_phase_one(self, consumed, total):
         """A checkpoint at an epoch boundary of phase one, with everything a synchronous run continues from."""
