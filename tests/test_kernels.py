@@ -5,12 +5,10 @@ times the values; nothing here calls a wasap helper to compute an expected value
 Shapes are small and argument types fixed so that numba compiles each kernel once.
 """
 
-import numba
 import numpy as np
 import pytest
-import scipy.sparse
 
-from wasap import kernels
+from wasap import kernels, topology
 from wasap.model import SparseLayer, SparseMLP
 
 FULL = kernels.DROPOUT_RESOLUTION
@@ -258,6 +256,33 @@ def test_backward_first_layer_needs_no_delta_prev():
     np.testing.assert_array_equal(a_prev, a_copy)  # the input is not written
 
 
+@pytest.mark.parametrize("batch", [5, 16, 128])
+def test_fused_update_is_momentum_step_on_the_gradient_bit_for_bit(batch):
+    """The backward kernel's update (weights and biases) and optim.momentum_step apply one rule."""
+    from wasap.optim import momentum_step
+
+    rng = np.random.default_rng(16)
+    fused, _ = _layer_from_mask(MASKS["random"], rng)
+    fused.velocity[:] = rng.normal(0, 0.1, fused.nnz).astype(np.float32)
+    fused.bias_velocity[:] = rng.normal(0, 0.1, fused.n_out).astype(np.float32)
+    apart = fused.copy()
+    a_prev = _inputs(fused.n_in, batch, rng)
+    delta = _inputs(fused.n_out, batch, rng)
+    empty = np.empty((0, 0), dtype=np.float32)
+    lr, mu, wd = 0.05, 0.9, 0.01
+    kernels.backward_layer(fused.indptr, fused.indices, fused.data, fused.velocity, a_prev, delta, empty, empty,
+                           False, kernels.MODE_UPDATE, np.empty(0, dtype=np.float32), lr, mu, wd, fused.bias,
+                           fused.bias_velocity, np.empty(0, dtype=np.float32))
+    grad = np.empty(apart.nnz, dtype=np.float32)
+    bias_grad = np.empty(apart.n_out, dtype=np.float32)
+    kernels.backward_layer(apart.indptr, apart.indices, apart.data, apart.velocity, a_prev, delta, empty, empty,
+                           False, kernels.MODE_GRADIENT, grad, lr, mu, wd, apart.bias, apart.bias_velocity, bias_grad)
+    momentum_step(apart.data, grad, apart.velocity, lr=lr, momentum=mu, weight_decay=wd)
+    momentum_step(apart.bias, bias_grad, apart.bias_velocity, lr=lr, momentum=mu)
+    for name in ("data", "velocity", "bias", "bias_velocity"):
+        np.testing.assert_array_equal(getattr(fused, name), getattr(apart, name), err_msg=name)
+
+
 # -- dropout -------------------------------------------------------------------------------------------------
 
 
@@ -309,25 +334,7 @@ def test_dropout_without_deriv_same_mask(wide_layer):
     np.testing.assert_array_equal(with_deriv, without)
 
 
-# -- bookkeeping kernels ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mask_name", sorted(MASKS))
-def test_column_view_matches_scipy_tocsc(mask_name):
-    mask = MASKS[mask_name]
-    n_in, n_out = mask.shape
-    rows, cols = np.nonzero(mask)
-    indptr = np.zeros(n_in + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum(mask.sum(axis=1))
-    indices = cols.astype(np.int32)
-    col_indptr, col_rows, col_perm = kernels.column_view(indptr, indices, n_out)
-    position = np.arange(indices.shape[0], dtype=np.float64)  # data = own row-order index
-    csc = scipy.sparse.csr_matrix((position, indices, indptr), shape=(n_in, n_out)).tocsc()
-    csc.sort_indices()
-    np.testing.assert_array_equal(col_indptr, csc.indptr)
-    np.testing.assert_array_equal(col_rows, csc.indices)
-    np.testing.assert_array_equal(col_perm, csc.data.astype(np.int64))
-    assert col_perm.dtype == np.int32  # 4 bytes a weight below 2**31 nonzeros
+# -- the column view's positions ---------------------------------------------------------------------
 
 
 def test_column_view_of_more_than_2_31_weights_takes_int64_positions_with_the_same_values():
@@ -338,7 +345,7 @@ def test_column_view_of_more_than_2_31_weights_takes_int64_positions_with_the_sa
     col_indptr = np.zeros(layer.n_out + 1, dtype=np.int64)
     col_rows = np.empty(layer.nnz, dtype=np.int32)
     col_perm = np.empty(layer.nnz, dtype=np.int64)
-    kernels._fill_column_view(layer.indptr, layer.indices, col_indptr, col_rows, col_perm)
+    topology._fill_column_view(layer.indptr, layer.indices, col_indptr, col_rows, col_perm)
     np.testing.assert_array_equal(col_indptr, layer.col_indptr)
     np.testing.assert_array_equal(col_rows, layer.col_rows)
     np.testing.assert_array_equal(col_perm, layer.col_perm)
@@ -349,75 +356,11 @@ def test_column_view_of_more_than_2_31_weights_takes_int64_positions_with_the_sa
     np.testing.assert_array_equal(got, expected)
 
 
-def test_column_view_empty_layer():
-    col_indptr, col_rows, col_perm = kernels.column_view(np.zeros(4, dtype=np.int64), np.empty(0, dtype=np.int32), 5)
-    np.testing.assert_array_equal(col_indptr, np.zeros(6))
-    assert col_rows.shape == (0,) and col_perm.shape == (0,)
-
-
-@pytest.mark.parametrize("n_old,n_new", [(0, 0), (0, 5), (7, 0), (50, 30), (1, 200)])
-def test_merge_sorted_keys(n_old, n_new):
-    rng = np.random.default_rng(n_old * 1000 + n_new)
-    pool = rng.choice(10 ** 6, size=n_old + n_new, replace=False).astype(np.int64)
-    old = np.sort(pool[:n_old])
-    new = np.sort(pool[n_old:])
-    keys, source = kernels.merge_sorted_keys(old, new)
-    np.testing.assert_array_equal(keys, np.sort(np.concatenate([old, new])))
-    from_old = source >= 0
-    np.testing.assert_array_equal(keys[from_old], old[source[from_old]])
-    np.testing.assert_array_equal(keys[~from_old], new[-source[~from_old] - 1])
-    assert from_old.sum() == n_old
-
-
-@pytest.mark.parametrize("n_features,batch", [(4096, 128), (5000, 13), (4100, 1), (4097, 33)])
-def test_wide_gather_equals_numpy_take_and_transpose(n_features, batch):
-    from wasap.kernels import WIDE_INPUT, gather_transposed
-
-    assert n_features >= WIDE_INPUT  # the kernel's path, not numpy's
-    rng = np.random.default_rng(n_features + batch)
-    X = rng.standard_normal((300, n_features), dtype=np.float32)
-    rows = rng.choice(300, size=batch, replace=False)
-    expected = np.ascontiguousarray(X[rows].T)
-    np.testing.assert_array_equal(gather_transposed(X, rows), expected)
-    out = kernels.aligned_empty((n_features, batch))
-    assert gather_transposed(X, rows, out) is out
-    np.testing.assert_array_equal(out, expected)
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n_features,batch", [(784, 128), (13, 37), (50, 1)])
-def test_narrow_gather_equals_numpy_on_one_and_two_threads(n_features, batch, threads):
-    from wasap.kernels import gather_transposed
-
-    if threads > numba.config.NUMBA_NUM_THREADS:
-        pytest.skip(f"numba was started with {numba.config.NUMBA_NUM_THREADS} thread(s)")
-    rng = np.random.default_rng(n_features * batch)
-    X = rng.standard_normal((400, n_features), dtype=np.float32)
-    rows = rng.choice(400, size=batch, replace=False)
-    before = kernels.get_threads()
-    kernels.set_threads(threads)  # two threads take the numba kernel, one numpy's copy
-    try:
-        out = kernels.aligned_empty((n_features, batch))
-        assert gather_transposed(X, rows, out) is out
-        np.testing.assert_array_equal(out, X[rows].T)
-        np.testing.assert_array_equal(gather_transposed(X, slice(3, 3 + batch)), X[3:3 + batch].T)
-    finally:
-        kernels.set_threads(before)
-
-
-@pytest.mark.parametrize("n_features", [784, 4096])
-def test_gather_of_a_slice_equals_the_rows_it_names(n_features):
-    from wasap.kernels import gather_transposed
-
-    X = np.random.default_rng(1).standard_normal((50, n_features), dtype=np.float32)
-    np.testing.assert_array_equal(gather_transposed(X, slice(7, 23)), np.ascontiguousarray(X[7:23].T))
-    out = kernels.aligned_empty((n_features, 16))
-    assert gather_transposed(X, slice(7, 23), out) is out
-    np.testing.assert_array_equal(out, X[7:23].T)
+# -- tanh ----------------------------------------------------------------------------------------------------
 
 
 def test_tanh_is_within_4e_7_of_numpy_over_the_whole_float32_range():
-    # The kernels compute tanh from multiply-adds (a libm call per element is 25x slower): one network
+    # The kernels compute tanh from multiply-adds (a libm call per element would be far slower): one network
     # 1-1-1 with unit weights returns tanh(x) for every x in the batch.
     x = np.concatenate([np.linspace(-12, 12, 48001), np.geomspace(1e-30, 1e-2, 500),
                         -np.geomspace(1e-30, 1e-2, 500), [0.0, 1e6, -1e6]]).astype(np.float32)
@@ -430,42 +373,3 @@ def test_tanh_is_within_4e_7_of_numpy_over_the_whole_float32_range():
     exact = np.tanh(x.astype(np.float64))
     np.testing.assert_allclose(got, exact, rtol=4e-7, atol=4e-7)
     assert np.all(np.abs(got) <= 1.0)
-
-
-_THREAD_CHOICE = """
-import json, warnings
-from wasap import kernels
-from wasap.train import default_threads
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    layer = kernels.threading_layer()
-    chosen = dict(default=default_threads(), none=kernels.set_threads(None), two=kernels.set_threads(2))
-print(json.dumps(dict(layer=layer, chosen=chosen, warnings=[str(w.message) for w in caught])))
-"""
-
-
-@pytest.mark.parametrize("layer", ["workqueue", "default"])
-def test_numbas_slow_workqueue_layer_is_named_in_one_warning_and_threads_stay_as_asked(layer):
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, NUMBA_NUM_THREADS="2")
-    env.pop("NUMBA_THREADING_LAYER", None)
-    if layer == "workqueue":
-        env["NUMBA_THREADING_LAYER"] = "workqueue"  # what numba takes without OpenMP or TBB
-    done = subprocess.run([sys.executable, "-c", _THREAD_CHOICE], env=env, capture_output=True, text=True,
-                          check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    # Two threads are faster than one on workqueue too (it slows every kernel down): counts are kept.
-    assert result["chosen"]["none"] == result["chosen"]["two"] == 2
-    assert 1 <= result["chosen"]["default"] <= 2  # idle cores, by the load average
-    if layer == "workqueue":
-        assert result["layer"] == "workqueue"
-        assert len(result["warnings"]) == 1
-        assert "workqueue" in result["warnings"][0] and "libgomp1" in result["warnings"][0]
-    else:
-        if result["layer"] == "workqueue":
-            pytest.skip("this numba has neither OpenMP nor TBB: the fast path cannot be tested here")
-        assert result["warnings"] == []

@@ -1,11 +1,9 @@
 """Micro-batches: the same update as the whole batch, with activations for fewer samples."""
 
-import types
-
 import numpy as np
 import pytest
 
-from wasap import SparseMLP, TrainConfig, fit
+from wasap import Dataset, SparseMLP, TrainConfig, fit
 from wasap.model import stream_seed
 from wasap.optim import SAME_RATES, LayerRates
 
@@ -51,8 +49,7 @@ def test_fit_with_micro_batches_learns():
     rng = np.random.default_rng(3)
     X = rng.standard_normal((400, 9)).astype(np.float32)
     y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
-    data = types.SimpleNamespace(X_train=X[:300], y_train=y[:300], X_test=X[300:], y_test=y[300:],
-                                 classes=np.array([0, 1]))
+    data = Dataset("micro-batch", X[:300], y[:300], X[300:], y[300:], np.array([0, 1]))
     config = TrainConfig(hidden=(16,), epsilon=4, epochs=25, batch_size=32, micro_batch=8, threads=1)
     model = SparseMLP.from_config(9, 2, config, warn=False)
     summary = fit(model, data, config, log=None)

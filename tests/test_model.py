@@ -6,9 +6,9 @@ import numba
 import numpy as np
 import pytest
 
-from wasap import kernels
 from wasap.config import TrainConfig
 from wasap.model import SparseMLP
+from wasap.threads import set_threads
 from wasap.train import SequentialTrainer
 
 SIZES = [10, 12, 8, 3]
@@ -220,7 +220,7 @@ def test_evaluate_mse_matches_numpy():
 
 
 def _train(seed, epochs=3, threads=1):
-    kernels.set_threads(threads)
+    set_threads(threads)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(90, SIZES[0])).astype(np.float32)
     y = (X[:, 0] + X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 1).astype(np.int64)
@@ -233,7 +233,7 @@ def _train(seed, epochs=3, threads=1):
             trainer.train_epoch(X, y)
             trainer.end_of_epoch(epoch, last=epoch == epochs)
     finally:
-        kernels.set_threads(1)
+        set_threads(1)
     return model
 
 

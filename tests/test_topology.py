@@ -1,4 +1,5 @@
-"""Topology operations against dense numpy oracles: Erdős–Rényi init, SET, Importance Pruning, averaging.
+"""Topology operations against dense numpy and scipy oracles: the CSR structure, Erdős–Rényi init, SET,
+Importance Pruning, averaging.
 
 Layers are compared as dense matrices (and dense momentum matrices) built here from the CSR arrays, so
 that "survivors keep value and momentum" is checked by (row, col) position, whatever the order.
@@ -7,10 +8,12 @@ that "survivors keep value and momentum" is checked by (row, col) position, what
 import math
 import time
 import tracemalloc
+import types
 import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse
 
 from wasap import topology
 from wasap.topology import DensityCapWarning
@@ -43,6 +46,58 @@ def _csr_from_mask(mask):
     indptr[1:] = np.cumsum(mask.sum(axis=1))
     _, cols = np.nonzero(mask)
     return indptr, cols.astype(np.int32)
+
+
+# -- the CSR structure ------------------------------------------------------------------------------------
+
+
+def _column_view_masks():
+    rng = np.random.default_rng(123)
+    random = rng.random((13, 9)) < 0.35
+    random[4] = False       # an empty row
+    random[:, 6] = False    # an empty column
+    staircase = np.arange(11)[None, :] < np.arange(11)[:, None]  # rows of 0..10, columns of 10..0 nonzeros
+    return {"random": random, "staircase": staircase[rng.permutation(11)][:, rng.permutation(11)],
+            "dense": np.ones((7, 6), dtype=bool)}
+
+
+COLUMN_VIEW_MASKS = _column_view_masks()
+
+
+@pytest.mark.parametrize("mask_name", sorted(COLUMN_VIEW_MASKS))
+def test_column_view_matches_scipy_tocsc(mask_name):
+    mask = COLUMN_VIEW_MASKS[mask_name]
+    n_in, n_out = mask.shape
+    indptr, indices = _csr_from_mask(mask)
+    col_indptr, col_rows, col_perm = topology.column_view(indptr, indices, n_out)
+    position = np.arange(indices.shape[0], dtype=np.float64)  # data = own row-order index
+    csc = scipy.sparse.csr_matrix((position, indices, indptr), shape=(n_in, n_out)).tocsc()
+    csc.sort_indices()
+    np.testing.assert_array_equal(col_indptr, csc.indptr)
+    np.testing.assert_array_equal(col_rows, csc.indices)
+    np.testing.assert_array_equal(col_perm, csc.data.astype(np.int64))
+    assert col_perm.dtype == np.int32  # 4 bytes a weight below 2**31 nonzeros
+
+
+def test_column_view_empty_layer():
+    col_indptr, col_rows, col_perm = topology.column_view(np.zeros(4, dtype=np.int64), np.empty(0, dtype=np.int32),
+                                                          5)
+    np.testing.assert_array_equal(col_indptr, np.zeros(6))
+    assert col_rows.shape == (0,) and col_perm.shape == (0,)
+
+
+@pytest.mark.parametrize("n_old,n_new", [(0, 0), (0, 5), (7, 0), (50, 30), (1, 200)])
+def test_merge_sorted_keys(n_old, n_new):
+    rng = np.random.default_rng(n_old * 1000 + n_new)
+    pool = rng.choice(10 ** 6, size=n_old + n_new, replace=False).astype(np.int64)
+    old = np.sort(pool[:n_old])
+    new = np.sort(pool[n_old:])
+    keys, source = topology.merge_sorted_keys(old, new)
+    np.testing.assert_array_equal(keys, np.sort(np.concatenate([old, new])))
+    from_old = source >= 0
+    np.testing.assert_array_equal(keys[from_old], old[source[from_old]])
+    np.testing.assert_array_equal(keys[~from_old], new[-source[~from_old] - 1])
+    assert from_old.sum() == n_old
 
 
 # -- Erdős–Rényi -----------------------------------------------------------------------------------------
@@ -284,6 +339,17 @@ def test_importance_pruning(percentile):
     np.testing.assert_array_equal(_dense(new_indptr, new_indices, new_data, n_out), expected_W)
     np.testing.assert_array_equal(_dense(new_indptr, new_indices, new_velocity, n_out), expected_V)
     assert new_indices.shape[0] == np.count_nonzero(expected_W)
+
+
+@pytest.mark.parametrize("enabled,start,every,expected", [
+    (True, 3, 2, [4, 6, 8, 10]),     # from ip_start on, on the multiples of ip_every
+    (True, 1, 1, list(range(1, 11))),
+    (True, 4, 3, [6, 9]),
+    (False, 1, 1, []),
+])
+def test_importance_pruning_is_due_from_ip_start_every_ip_every_epochs(enabled, start, every, expected):
+    config = types.SimpleNamespace(importance_pruning=enabled, ip_start=start, ip_every=every)
+    assert [epoch for epoch in range(1, 11) if topology.importance_pruning_due(config, epoch)] == expected
 
 
 # -- averaging, pruning to target, remapping ---------------------------------------------------------

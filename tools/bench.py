@@ -194,16 +194,16 @@ def run_wasap(args):
     """
     sys.path.insert(0, REPO_DIR)  # benchmark this checkout's wasap, installed or not
     try:
-        import wasap.kernels
         from wasap.config import TrainConfig
         from wasap.model import SparseMLP
+        from wasap.threads import set_threads
         from wasap.train import SequentialTrainer
     except Exception as exc:  # any failure to import means: no wasap rows, keep the rest
         return {"error": f"wasap not importable: {type(exc).__name__}: {exc}"}
     sys.path.insert(0, TOOLS_DIR)
     from baselines import make_fashion_shape_data
 
-    wasap.kernels.set_threads(args.threads)
+    set_threads(args.threads)
     X, y = make_fashion_shape_data(args.samples, SIZES[0], SIZES[-1], seed=0)
     model = SparseMLP.random(SIZES, epsilon=EPSILON, activation="all-relu", alpha=HYPER["alpha"], seed=0)
     config = TrainConfig(batch_size=BATCH_SIZE, dropout=HYPER["dropout"], lr=HYPER["lr"],

@@ -1,4 +1,4 @@
-"""Scale test: the paper's record networks (Table 5) trained for a few batches on this machine.
+"""Scale test: the paper's record networks (Table 5) trained for a few batches on the machine it runs on.
 
 Each row builds one network, trains ``--max-batches`` batches of 128 on make_classification-like data
 (10000 samples x 65536 features, 70/30 split, as the paper), evaluates ``--eval-samples`` test rows and
@@ -72,14 +72,14 @@ BATCH_SIZE = 128
 HYPER = dict(dropout=0.4, lr=0.01, momentum=0.9)  # the paper's Table 5 settings
 THREAD_ENV = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 WIDE_THREADS = (1, 2)
-#: Python, numpy, numba and the compiled kernels, before any model exists (measured about 0.25 GB).
+#: Python, numpy, numba and the compiled kernels, before any model exists (with some headroom).
 BASE_BYTES = 300 << 20
 #: Bytes per weight held by a layer: indices, data, velocity, column rows and column permutation
 #: (int32/float32; the permutation is int64 only in a layer of 2**31 weights or more).
 BYTES_PER_WEIGHT = 20
 #: Transient bytes per weight of the largest layer during a SET step: the new indices, data and
-#: velocity, the removal mask, one sign's magnitudes and the regrown keys (measured 17.7 on a
-#: 5M x 5M layer of 50M weights, zeta 0.3).
+#: velocity, the removal mask, one sign's magnitudes and the regrown keys (rounded up from what the
+#: parts add up to).
 EVOLVE_BYTES_PER_WEIGHT = 20
 
 
@@ -394,15 +394,15 @@ def run_row(args):
     """Worker: build, train, evaluate and evolve one row; return its measurements as a dict."""
     import numpy as np
 
-    import wasap.kernels
+    from wasap.batches import gather_transposed
     from wasap.config import TrainConfig
     from wasap.model import SparseMLP
-    from wasap.kernels import gather_transposed
+    from wasap.threads import set_threads
     from wasap.train import SequentialTrainer
 
     row = ROWS[args.worker_row]
     spec = data_spec(row, args)
-    wasap.kernels.set_threads(args.threads)
+    set_threads(args.threads)
     config_kwargs = dict(hidden=row.sizes[1:-1], epsilon=row.epsilon, batch_size=BATCH_SIZE, seed=args.seed,
                          **training_hyper(row, args))
     if micro_batch_supported():

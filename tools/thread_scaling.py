@@ -62,7 +62,7 @@ def _training_step(model, ws, X, y, rows, step, run):
     import numpy as np
 
     from wasap import kernels
-    from wasap.kernels import gather_transposed
+    from wasap.batches import gather_transposed
     from wasap.model import stream_seed
 
     full = kernels.DROPOUT_RESOLUTION
@@ -129,10 +129,10 @@ def warm_repeat(model, X, y, order, batches):
     work on data it has just touched; the backward pass's second call writes its delta into a
     scratch buffer (the first one's is the layer below's input).
     """
-    from wasap import kernels
+    from wasap.batches import aligned_empty
 
     ws = model.workspace(BATCH, training=True)
-    scratch = [kernels.aligned_empty(buffer.shape) for buffer in ws.derivs[:-1]]
+    scratch = [aligned_empty(buffer.shape) for buffer in ws.derivs[:-1]]
     for repeat in range(2):  # the first pass compiles and warms the caches
         seconds = dict(first=0.0, again=0.0)
 
@@ -197,7 +197,7 @@ def cross_core_read():
     import numba
     import numpy as np
 
-    from wasap.kernels import aligned_empty
+    from wasap.batches import aligned_empty
 
     write, read = _cross_core_kernels()
     rows = 1000  # 512-byte rows, half written by each thread
@@ -221,7 +221,7 @@ def cross_core_read():
 def _cross_core_kernels():
     from numba import njit, prange
 
-    from wasap.kernels import vadd, vload, vsplat, vstore, vzeros128
+    from wasap.intrinsics import vadd, vload, vsplat, vstore, vzeros128
 
     @njit(parallel=True)
     def write(a, value):
@@ -297,11 +297,11 @@ def split_batch(model, X, y, order, batches):
     """A 128- and a 64-sample gradient step on one thread, and two 64-sample steps at once on two threads."""
     import numpy as np
 
-    from wasap import kernels
-    from wasap.kernels import gather_transposed
+    from wasap.batches import gather_transposed
+    from wasap.threads import set_threads
 
     def steps(net, batch, offset, out):
-        kernels.set_threads(1)  # per thread in numba
+        set_threads(1)  # per thread in numba
         grads = [np.zeros(layer.nnz, np.float32) for layer in net.layers]
         bias_grads = [np.zeros(layer.n_out, np.float32) for layer in net.layers]
         ws = net.workspace(batch, training=True)
@@ -326,19 +326,19 @@ def split_batch(model, X, y, order, batches):
 
 
 def worker(threads, batches):
-    from wasap import kernels
+    from wasap.threads import SLOW_THREADING_LAYER, set_threads, threading_layer
 
-    kernels.set_threads(threads)
+    set_threads(threads)
     X, y, model, order = _setup()
-    result = dict(threads=threads, layer=kernels.threading_layer(), launch=launch_cost(),
+    result = dict(threads=threads, layer=threading_layer(), launch=launch_cost(),
                   per_layer=per_layer(model, X, y, order, batches), fresh_input=fresh_input(model, batches),
                   warm_repeat=warm_repeat(model, X, y, order, batches),
                   two_workspaces=two_workspaces(model, X, y, order, batches))
     if threads == 2:
         result["cross_core"] = cross_core_read()
         result["cross_core_bytes"] = cross_core_bytes(model)
-        if result["layer"] != kernels.SLOW_THREADING_LAYER:  # workqueue aborts on kernels from two threads
-            kernels.set_threads(1)
+        if result["layer"] != SLOW_THREADING_LAYER:  # workqueue aborts on kernels from two threads
+            set_threads(1)
             result["split_batch"] = split_batch(model, X, y, order, batches)
     return result
 

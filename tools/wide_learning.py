@@ -40,12 +40,13 @@ sys.path.insert(0, os.path.dirname(TOOLS_DIR))  # this checkout's wasap, install
 
 import numpy as np  # noqa: E402
 
-from wasap import kernels, load_dataset  # noqa: E402
+from wasap import load_dataset  # noqa: E402
 from wasap.model import SparseMLP, stream_seed  # noqa: E402
 from wasap.optim import LayerRates  # noqa: E402
 from wasap.activations import HIDDEN_ACTIVATIONS  # noqa: E402
 from wasap.topology import INIT_SCHEMES  # noqa: E402
-from wasap.kernels import gather_transposed  # noqa: E402
+from wasap.batches import gather_transposed  # noqa: E402
+from wasap.threads import available_cores, set_threads  # noqa: E402
 
 BATCH_SIZE = 128
 
@@ -121,7 +122,7 @@ def logistic_baseline(X_train, y_train, X_test, y_test, seed):
 
 def main(argv=None):
     args = parse_args(argv)
-    kernels.set_threads(args.threads or len(os.sched_getaffinity(0)))
+    set_threads(args.threads or available_cores())
     started = time.perf_counter()
     X_train, y_train, X_test, y_test = load_data(args)
     print(f"data: {X_train.shape[0]} train / {X_test.shape[0]} test rows, {X_train.shape[1]} features, "

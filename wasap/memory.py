@@ -15,9 +15,10 @@ outputs, batch buffers of ``b`` samples):
   velocity float32, the column view's rows and permutation int32) plus
   ``8 (n_in + 1) + 8 (n_out + 1)`` (indptr and the column view's indptr, int64) and
   ``8 n_out`` (bias and its velocity);
-- without checkpoints (no output folder), :func:`wasap.train.fit` keeps a copy of the
-  model in memory to fall back on if training diverges, and makes the next copy
-  while the last one still exists;
+- without checkpoints (no output folder), :func:`wasap.train.fit` keeps a snapshot of the
+  model in memory to fall back on if training diverges: each layer's CSR arrays, values,
+  bias and momentum, ``12 nnz + 8 (n_in + 1) + 8 n_out`` (:func:`snapshot_bytes`; the
+  column view is rebuilt on a restore), and drops the last snapshot before it takes the next;
 - a training workspace (:class:`wasap.model.Workspace`): ``4 b (n_0 + 2 (n_1 + ... + n_L) + n_L)``;
   the model caches one per batch size it has seen, until the next SET step, so
   the batch and the epoch's last, smaller batch (and with micro-batches, every
@@ -56,7 +57,7 @@ _SMALL_MICRO_BATCHES = (8, 4, 2, 1)
 #: resident up to its trim threshold: twice the mmap threshold, which grows with the largest
 #: block freed, up to this.
 _MALLOC_MMAP_THRESHOLD_MAX = 32 << 20
-#: Bytes a buffer of :func:`wasap.kernels.aligned_empty` allocates beyond its values.
+#: Bytes a buffer of :func:`wasap.batches.aligned_empty` allocates beyond its values.
 _ALIGNMENT_SLACK = 64
 
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -125,10 +126,19 @@ def layer_bytes(n_in, n_out, nnz):
     """Bytes of a :class:`wasap.model.SparseLayer`: its nonzeros, column view, bias and momentum.
 
     The column view's permutation is int32 below ``2**31`` nonzeros and int64 from there
-    (:func:`wasap.kernels.column_view`).
+    (:func:`wasap.topology.column_view`).
     """
     per_weight = 20 if nnz < 2**31 else 24
     return per_weight * nnz + 8 * (n_in + 1) + 8 * (n_out + 1) + 8 * n_out
+
+
+def snapshot_bytes(n_in, n_out, nnz):
+    """Bytes of the divergence fallback's snapshot of a layer: its CSR arrays, values, bias and momentum.
+
+    What :func:`wasap.train.fit` keeps to restore a layer from (no column view: it is
+    rebuilt on a restore).
+    """
+    return 12 * nnz + 8 * (n_in + 1) + 8 * n_out
 
 
 def init_peak_bytes(n_in, n_out, nnz):
@@ -223,10 +233,9 @@ def estimate_run(sizes, *, epsilon, batch_size, n_train, n_test, micro_batch=Non
     """Estimated peak resident memory of a sequential run, from its shapes alone.
 
     The peak is the largest of the moments a run goes through: building the model
-    layer by layer; training an epoch (the model, the fallback copy, the training
+    layer by layer; training an epoch (the model, the fallback snapshot, the training
     workspaces, gradient accumulators when batches are split); evaluating the test
-    split with the training workspaces still cached (and copying the model for the
-    fallback right after, when there is a copy); and SET evolution of the largest
+    split with the training workspaces still cached; and SET evolution of the largest
     layer (when more than one epoch runs).
 
     Parameters
@@ -244,8 +253,8 @@ def estimate_run(sizes, *, epsilon, batch_size, n_train, n_test, micro_batch=Non
     zeta : float
         SET's rewired fraction.
     fallback_copy : bool
-        Whether :func:`wasap.train.fit` keeps a copy of the model in memory to fall back
-        on (it does without an output folder; with one, its checkpoints serve).
+        Whether :func:`wasap.train.fit` keeps a snapshot of the model in memory to fall
+        back on (it does without an output folder; with one, its checkpoints serve).
     data_bytes : int, optional
         Bytes of the loaded data; default: float32 features and int64 labels of both splits.
     baseline : int
@@ -273,7 +282,7 @@ def estimate_run(sizes, *, epsilon, batch_size, n_train, n_test, micro_batch=Non
 
     model = dict(held, weights=weights)
     if fallback_copy:
-        model["fallback copy"] = weights
+        model["fallback copy"] = sum(snapshot_bytes(*layer) for layer in layers)
     training = dict(model)
     training["training buffers"] = sum(training_workspace_bytes(sizes, part)
                                        for part in training_part_sizes(n_train, batch_size, micro_batch))
@@ -288,10 +297,6 @@ def estimate_run(sizes, *, epsilon, batch_size, n_train, n_test, micro_batch=Non
         sum(evaluation_workspace_bytes(sizes, rows) for rows in batch_sizes(n_test, eval_batch_size(sizes)))
         + 4 * n_test * sizes[-1] + 16 * n_test
     )
-    if fallback_copy:
-        # The last fallback copy is dropped before the next is made; the copy's constructor
-        # holds one layer's values twice while it makes it.
-        evaluation["next fallback copy"] = 8 * max(nnz for _, _, nnz in layers)
     phases["evaluation"] = evaluation
 
     if epochs > 1:

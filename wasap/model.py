@@ -6,21 +6,30 @@ methods take inputs transposed, ``(n_features, batch)``, and keep every buffer
 in a :class:`Workspace` so that a training step allocates nothing large.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse
+from numpy.typing import ArrayLike
 
 from . import activations, kernels, topology
+from .batches import aligned_empty, gather_transposed
 from .data import validate_features
 from .files import atomic_file
-from .optim import SAME_RATES, momentum_step
+from .optim import SAME_RATES, LayerRates, momentum_step
 from .preprocessing import CLASSES_KEY, Preprocessing, class_labels
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 MODEL_FORMAT = "wasap-model-1"
 
@@ -55,7 +64,7 @@ class ModelFileError(ValueError):
         What to do; by default, write the file again.
     """
 
-    def __init__(self, path, problem, layer=None, hint=_DAMAGED_HINT):
+    def __init__(self, path: str, problem: str, layer: str | None = None, hint: str = _DAMAGED_HINT) -> None:
         super().__init__(path, problem, layer, hint)
         self.path, self.problem, self.layer, self.hint = path, problem, layer, hint
 
@@ -67,15 +76,27 @@ class ModelFileError(ValueError):
 class _Problem(Exception):
     """A check of a model file's contents failed; the text says what is wrong."""
 
+
 _HASH_MULTIPLIER = 0x9E3779B97F4A7C15
 _MASK63 = (1 << 63) - 1
 
 
-def stream_seed(*parts):
+#: Salts of the random streams a run draws from its seed, ``stream_seed(seed, salt, ...)``: each use
+#: has its own stream, so that drawing more from one never shifts another. This one: the trainers'
+#: sample orders and SET's draws; worker ``w`` of WASAP-SGD draws its orders from
+#: ``stream_seed(seed, TRAINER_STREAM, 1 + w)``.
+TRAINER_STREAM = 0x5E7
+#: Phase two of WASAP-SGD: worker ``w``'s replica trains under the seed ``stream_seed(seed, REPLICA_STREAM, w)``.
+REPLICA_STREAM = 0x2EA1
+
+
+def stream_seed(*parts: int) -> int:
     """Mix integers into one seed in [0, 2**63), for independent random streams.
 
     Dropout of layer ``l`` at step ``t`` under seed ``s`` uses
-    ``stream_seed(s, t, l)``: the same triple always gives the same mask.
+    ``stream_seed(stream_seed(s, t), l)``: the same triple always gives the same
+    mask. A run's other streams are salted (:data:`TRAINER_STREAM`,
+    :data:`REPLICA_STREAM`).
     """
     value = 0x632BE59BD9B4E019
     for part in parts:
@@ -101,7 +122,9 @@ class SparseLayer:
     bias_velocity : (n_out,) float32, optional
     """
 
-    def __init__(self, n_in, n_out, indptr, indices, data, bias=None, velocity=None, bias_velocity=None):
+    def __init__(self, n_in: int, n_out: int, indptr: ArrayLike, indices: ArrayLike, data: ArrayLike,
+                 bias: ArrayLike | None = None, velocity: ArrayLike | None = None,
+                 bias_velocity: ArrayLike | None = None) -> None:
         self.n_in = int(n_in)
         self.n_out = int(n_out)
         self.bias = _float32(bias if bias is not None else np.zeros(self.n_out), (self.n_out,), "bias")
@@ -111,12 +134,14 @@ class SparseLayer:
         self.set_structure(indptr, indices, data, velocity)
 
     @classmethod
-    def random(cls, n_in, n_out, epsilon, rng, *, init="he-uniform", warn=True):
+    def random(cls, n_in: int, n_out: int, epsilon: float, rng: np.random.Generator, *, init: str = "he-uniform",
+               warn: bool = True) -> SparseLayer:
         """An Erdős–Rényi layer, built in O(nnz) (see :func:`wasap.topology.erdos_renyi`)."""
         indptr, indices, data = topology.erdos_renyi(n_in, n_out, epsilon, rng, init=init, warn=warn)
         return cls(n_in, n_out, indptr, indices, data)
 
-    def set_structure(self, indptr, indices, data, velocity=None):
+    def set_structure(self, indptr: ArrayLike, indices: ArrayLike, data: ArrayLike,
+                      velocity: ArrayLike | None = None) -> None:
         """Replace the nonzeros (after an evolution or a pruning) and rebuild the column view."""
         indptr = np.ascontiguousarray(indptr, dtype=np.int64)
         indices = np.ascontiguousarray(indices, dtype=np.int32)
@@ -127,29 +152,29 @@ class SparseLayer:
         self.indices = indices
         self.data = _float32(data, (nnz,), "data")
         self.velocity = _float32(velocity if velocity is not None else np.zeros(nnz), (nnz,), "velocity")
-        self.col_indptr, self.col_rows, self.col_perm = kernels.column_view(indptr, indices, self.n_out)
+        self.col_indptr, self.col_rows, self.col_perm = topology.column_view(indptr, indices, self.n_out)
 
     @property
-    def nnz(self):
+    def nnz(self) -> int:
         """Number of weights."""
         return int(self.indices.shape[0])
 
     @property
-    def density(self):
+    def density(self) -> float:
         """nnz over the dense layout's size."""
         return self.nnz / (self.n_in * self.n_out)
 
-    def keys(self):
+    def keys(self) -> np.ndarray:
         """Positions ``row * n_out + col`` of the nonzeros, ``(nnz,)`` int64 ascending."""
         return topology.keys_from_csr(self.indptr, self.indices, self.n_out)
 
-    def to_scipy(self):
+    def to_scipy(self) -> scipy.sparse.csr_matrix:
         """The weights as a ``scipy.sparse.csr_matrix`` of shape ``(n_in, n_out)`` (a copy)."""
         return scipy.sparse.csr_matrix(
             (self.data.copy(), self.indices.copy(), self.indptr.copy()), shape=(self.n_in, self.n_out)
         )
 
-    def copy(self):
+    def copy(self) -> SparseLayer:
         """An independent copy, momentum included."""
         return SparseLayer(self.n_in, self.n_out, self.indptr.copy(), self.indices.copy(), self.data.copy(),
                            self.bias.copy(), self.velocity.copy(), self.bias_velocity.copy())
@@ -175,11 +200,11 @@ class Workspace:
     never needed at once), ``delta_out`` is the loss gradient at the output.
     """
 
-    def __init__(self, sizes, batch, *, training):
+    def __init__(self, sizes: Sequence[int], batch: int, *, training: bool) -> None:
         self.batch = int(batch)
         self.training = training
-        # 64-byte aligned rows: the kernels' vector loads are 20-35% slower across cache lines.
-        buffer = kernels.aligned_empty
+        # 64-byte aligned rows: the kernels' vector loads are slower across cache lines.
+        buffer = aligned_empty
         empty = np.empty((0, 0), dtype=np.float32)
         self.x_t = buffer((sizes[0], batch))
         if training:
@@ -215,8 +240,8 @@ class SparseMLP:
     [8995, 4998, 5000, 800]
     """
 
-    def __init__(self, layers, *, activation="all-relu", alpha=0.5, output_activation="softmax",
-                 loss="cross-entropy"):
+    def __init__(self, layers: Sequence[SparseLayer], *, activation: str = "all-relu", alpha: float | None = 0.5,
+                 output_activation: str = "softmax", loss: str = "cross-entropy") -> None:
         for below, above in zip(layers, layers[1:]):
             if below.n_out != above.n_in:
                 raise ValueError(f"layers do not chain: {below!r} then {above!r}.")
@@ -238,8 +263,10 @@ class SparseMLP:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def random(cls, sizes, *, epsilon=20.0, activation="all-relu", alpha=0.5, init="he-uniform",
-               output_activation="softmax", loss="cross-entropy", seed=0, warn=True, zero_output=False):
+    def random(cls, sizes: Sequence[int], *, epsilon: float = 20.0, activation: str = "all-relu",
+               alpha: float | None = 0.5, init: str = "he-uniform", output_activation: str = "softmax",
+               loss: str = "cross-entropy", seed: int | np.random.Generator = 0, warn: bool = True,
+               zero_output: bool = False) -> SparseMLP:
         """A network of Erdős–Rényi sparse layers.
 
         Parameters
@@ -273,7 +300,7 @@ class SparseMLP:
         return cls(layers, activation=activation, alpha=alpha, output_activation=output_activation, loss=loss)
 
     @classmethod
-    def from_config(cls, n_features, n_outputs, config, *, warn=True):
+    def from_config(cls, n_features: int, n_outputs: int, config: TrainConfig, *, warn: bool = True) -> SparseMLP:
         """The network a :class:`wasap.config.TrainConfig` describes, seeded with ``config.seed``."""
         return cls.random([n_features, *config.hidden, n_outputs], epsilon=config.epsilon,
                           activation=config.activation, alpha=config.alpha, init=config.init,
@@ -283,24 +310,26 @@ class SparseMLP:
     # -- shape ---------------------------------------------------------------------------------
 
     @property
-    def sizes(self):
+    def sizes(self) -> list[int]:
         """Layer sizes ``[n_features, hidden..., n_outputs]``."""
         return [self.layers[0].n_in] + [layer.n_out for layer in self.layers]
 
     @property
-    def n_features(self):
+    def n_features(self) -> int:
+        """Inputs of the first layer."""
         return self.layers[0].n_in
 
     @property
-    def n_outputs(self):
+    def n_outputs(self) -> int:
+        """Outputs of the last layer."""
         return self.layers[-1].n_out
 
     @property
-    def nnz(self):
+    def nnz(self) -> int:
         """Total number of weights."""
         return sum(layer.nnz for layer in self.layers)
 
-    def nnz_per_layer(self):
+    def nnz_per_layer(self) -> list[int]:
         """Weights of each layer, as a list of int."""
         return [layer.nnz for layer in self.layers]
 
@@ -309,7 +338,7 @@ class SparseMLP:
         return (f"SparseMLP({sizes}, nnz={self.nnz}, activation={self.activation!r}, alpha={self.alpha}, "
                 f"output={self.output_activation!r}, loss={self.loss!r})")
 
-    def workspace(self, batch, *, training):
+    def workspace(self, batch: int, *, training: bool) -> Workspace:
         """The cached :class:`Workspace` of this batch size and mode."""
         key = (int(batch), bool(training))
         ws = self._workspaces.get(key)
@@ -319,14 +348,14 @@ class SparseMLP:
             ws = self._workspaces[key] = Workspace(self.sizes, batch, training=training)
         return ws
 
-    def release_workspaces(self):
+    def release_workspaces(self) -> None:
         """Free the cached batch buffers and gradient accumulators (they are rebuilt on demand)."""
         self._workspaces.clear()
         self._accumulators = None
 
     # -- passes ----------------------------------------------------------------------------------
 
-    def forward(self, x_t, ws, *, dropout=0.0, dropout_seed=0):
+    def forward(self, x_t: np.ndarray, ws: Workspace, *, dropout: float = 0.0, dropout_seed: int = 0) -> np.ndarray:
         """Forward pass of one batch.
 
         Parameters
@@ -362,7 +391,7 @@ class SparseMLP:
             a_prev = a_out
         return a_prev
 
-    def loss_and_delta(self, output, target, ws):
+    def loss_and_delta(self, output: np.ndarray, target: np.ndarray, ws: Workspace) -> tuple[float, int]:
         """Loss of a batch and ``delta_L`` written into ``ws.delta_out``.
 
         Parameters
@@ -384,12 +413,14 @@ class SparseMLP:
         ws.delta_out[...] = delta
         return loss, 0
 
-    def backward(self, x_t, ws, *, lr=0.0, momentum=0.0, weight_decay=0.0, grads=None, bias_grads=None,
-                 accumulate=False, rates=SAME_RATES):
+    def backward(self, x_t: np.ndarray, ws: Workspace, *, lr: float = 0.0, momentum: float = 0.0,
+                 weight_decay: float = 0.0, grads: Sequence[np.ndarray] | None = None,
+                 bias_grads: Sequence[np.ndarray] | None = None, accumulate: bool = False,
+                 rates: LayerRates = SAME_RATES) -> None:
         """Backward pass after :meth:`forward` and :meth:`loss_and_delta`.
 
         With ``grads`` None the weights are updated in place (momentum SGD, fused
-        in the kernel, layer ``l`` at ``lr`` times :meth:`lr_factor`) and so are
+        in the kernel, each layer at its :meth:`wasap.optim.LayerRates.layer_lr`) and so are
         the biases; otherwise the gradients are written to ``grads[l]``
         ``(nnz_l,)`` and ``bias_grads[l]`` ``(n_out_l,)`` (added to them with
         ``accumulate``) and the model is left unchanged.
@@ -401,24 +432,21 @@ class SparseMLP:
             mode = kernels.MODE_ACCUMULATE if accumulate else kernels.MODE_GRADIENT
         empty = np.empty(0, dtype=np.float32)
         delta = ws.delta_out
+        sizes = self.sizes
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
             a_prev = ws.activations[l] if l > 0 else x_t
             below = ws.derivs[l]
             kernels.backward_layer(
                 layer.indptr, layer.indices, layer.data, layer.velocity, a_prev, delta, below, below,
-                l > 0, mode, empty if update else grads[l], lr * self.lr_factor(l, rates), momentum, weight_decay,
-                layer.bias, layer.bias_velocity, empty if update else bias_grads[l],
+                l > 0, mode, empty if update else grads[l], rates.layer_lr(lr, l, sizes, layer.nnz), momentum,
+                weight_decay, layer.bias, layer.bias_velocity, empty if update else bias_grads[l],
             )
             delta = below
 
-    def lr_factor(self, l, rates):
-        """Factor on layer ``l``'s learning rate (:meth:`wasap.optim.LayerRates.factor`)."""
-        layer = self.layers[l]
-        return rates.factor(layer.nnz, layer.n_out, l == len(self.layers) - 1)
-
-    def train_batch(self, x_t, target, *, lr, momentum, weight_decay, dropout=0.0, dropout_seed=0,
-                    micro_batch=None, rates=SAME_RATES):
+    def train_batch(self, x_t: np.ndarray, target: np.ndarray, *, lr: float, momentum: float, weight_decay: float,
+                    dropout: float = 0.0, dropout_seed: int = 0, micro_batch: int | None = None,
+                    rates: LayerRates = SAME_RATES) -> tuple[float, int]:
         """One momentum SGD step on a batch; returns ``(loss, n_correct)``.
 
         Parameters
@@ -433,7 +461,8 @@ class SparseMLP:
             update (dropout masks aside: each part draws its own) with
             activation buffers for ``micro_batch`` samples instead of the batch.
         rates : wasap.optim.LayerRates, optional
-            Each layer's rate relative to ``lr`` (:meth:`lr_factor`); default: ``lr`` everywhere.
+            Each layer's rate relative to ``lr`` (:meth:`wasap.optim.LayerRates.layer_lr`); default: ``lr``
+            everywhere.
         """
         if micro_batch is not None and x_t.shape[1] > micro_batch:
             return self._train_batch_in_parts(x_t, target, micro_batch, lr=lr, momentum=momentum,
@@ -464,8 +493,9 @@ class SparseMLP:
             self.backward(ws.x_t, ws, grads=grads, bias_grads=bias_grads, accumulate=True)
             total_loss += loss * (stop - start)
             total_correct += n_correct
+        sizes = self.sizes
         for l, (layer, grad, bias_grad) in enumerate(zip(self.layers, grads, bias_grads)):
-            layer_lr = lr * self.lr_factor(l, rates)
+            layer_lr = rates.layer_lr(lr, l, sizes, layer.nnz)
             momentum_step(layer.data, grad, layer.velocity, lr=layer_lr, momentum=momentum, weight_decay=weight_decay)
             momentum_step(layer.bias, bias_grad, layer.bias_velocity, lr=layer_lr, momentum=momentum)
         return total_loss / batch, total_correct
@@ -481,7 +511,9 @@ class SparseMLP:
                 grad.fill(0.0)
         return buffers
 
-    def gradient_batch(self, x_t, target, grads, bias_grads, *, dropout=0.0, dropout_seed=0):
+    def gradient_batch(self, x_t: np.ndarray, target: np.ndarray, grads: Sequence[np.ndarray],
+                       bias_grads: Sequence[np.ndarray], *, dropout: float = 0.0,
+                       dropout_seed: int = 0) -> tuple[float, int]:
         """Gradients of a batch's mean loss, written into ``grads``/``bias_grads``; returns ``(loss, n_correct)``."""
         ws = self.workspace(x_t.shape[1], training=True)
         output = self.forward(x_t, ws, dropout=dropout, dropout_seed=dropout_seed)
@@ -491,22 +523,21 @@ class SparseMLP:
 
     # -- inference ---------------------------------------------------------------------------------
 
-    def eval_batch_size(self):
+    def eval_batch_size(self) -> int:
         """Rows per inference batch: 128, fewer for layers wider than 512k neurons.
 
         A multiple of 16 and at least 16: the kernels keep 16, 32, 64 or 128
-        samples in registers (a 13-row batch of a 5M-wide network ran 6x slower
-        per row than 32 rows), so layers wider than 4M take 16 rows
+        samples in registers and run fewer than 16 through scalar code, many
+        times slower per row, so layers wider than 4M take 16 rows
         (``2 * 16 * 4`` bytes a neuron of the widest layer). Not more than 128:
-        on one thread the Fashion-MNIST network evaluated 10000 rows in 64 ms in
-        batches of 128 and in 95 ms in batches of 1024, whose activations leave
-        the caches (one run of ``evaluate(X, y, batch_size=...)`` per size).
+        larger batches' activations leave the caches, and evaluation slows down
+        per row (one run of ``evaluate(X, y, batch_size=...)`` per size shows it).
         """
         widest = max(self.sizes)
         rows = int(min(128, (64 << 20) // widest))
         return max(16, rows - rows % 16)
 
-    def predict_output(self, X, batch_size=None):
+    def predict_output(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
         """Network outputs for rows of ``X``.
 
         Parameters
@@ -530,14 +561,14 @@ class SparseMLP:
         for start in range(0, X.shape[0], batch_size):
             block = X[start:start + batch_size]
             ws = self.workspace(block.shape[0], training=False)
-            kernels.gather_transposed(X, slice(start, start + block.shape[0]), ws.x_t)
+            gather_transposed(X, slice(start, start + block.shape[0]), ws.x_t)
             output = self.forward(ws.x_t, ws)
             if self.output_activation == "softmax":
                 output = activations.softmax(output.copy())
             out[start:start + block.shape[0]] = output.T
         return out
 
-    def evaluate(self, X, y, batch_size=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None) -> tuple[float, float]:
         """Mean loss and accuracy on ``X``, ``y``.
 
         Parameters
@@ -560,7 +591,7 @@ class SparseMLP:
         target = np.asarray(y, dtype=np.float32).reshape(output.shape)
         return float(0.5 * np.mean(np.sum((output - target) ** 2, axis=1))), float("nan")
 
-    def predict_proba(self, X, batch_size=None):
+    def predict_proba(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities of raw rows.
 
         Parameters
@@ -586,7 +617,7 @@ class SparseMLP:
                              "probabilities; use predict().")
         return self.predict_output(self._model_inputs(X), batch_size)
 
-    def predict(self, X, batch_size=None):
+    def predict(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
         """Predictions for raw rows.
 
         Parameters
@@ -627,7 +658,7 @@ class SparseMLP:
 
     # -- topology ----------------------------------------------------------------------------------
 
-    def evolve(self, zeta, rng, *, init="he-uniform"):
+    def evolve(self, zeta: float, rng: np.random.Generator, *, init: str = "he-uniform") -> None:
         """One SET step on every layer (see :func:`wasap.topology.set_evolution`)."""
         # The batch buffers are rebuilt on the next batch; freeing them first keeps the
         # peak of a wide network at its weights plus activations *or* evolution temporaries.
@@ -636,7 +667,7 @@ class SparseMLP:
             layer.set_structure(*topology.set_evolution(layer.indptr, layer.indices, layer.data, layer.velocity,
                                                         layer.n_out, zeta, rng, init=init))
 
-    def importance_prune(self, percentile):
+    def importance_prune(self, percentile: float) -> list[np.ndarray]:
         """Importance Pruning of every hidden layer's neurons; returns the pruned neurons per hidden layer."""
         self.release_workspaces()
         pruned = []
@@ -647,24 +678,25 @@ class SparseMLP:
             pruned.append(neurons)
         return pruned
 
-    def layer_matrix(self, index):
+    def layer_matrix(self, index: int) -> scipy.sparse.csr_matrix:
         """Layer ``index``'s weights as a ``scipy.sparse.csr_matrix`` ``(n_in, n_out)``."""
         return self.layers[index].to_scipy()
 
-    def copy(self):
+    def copy(self) -> SparseMLP:
         """An independent copy of the model (its metadata, classes and preprocessing shared, being read-only)."""
         copied = SparseMLP([layer.copy() for layer in self.layers], activation=self.activation, alpha=self.alpha,
                            output_activation=self.output_activation, loss=self.loss)
         copied.metadata, copied.classes, copied.preprocessing = self.metadata, self.classes, self.preprocessing
         return copied
 
-    def is_finite(self):
+    def is_finite(self) -> bool:
         """True when every weight and bias is finite."""
         return all(np.isfinite(layer.data).all() and np.isfinite(layer.bias).all() for layer in self.layers)
 
     # -- persistence ---------------------------------------------------------------------------------
 
-    def save(self, path, *, metadata=None, classes=None, preprocessing=None, include_momentum=False):
+    def save(self, path: str | os.PathLike, *, metadata: dict | None = None, classes: ArrayLike | None = None,
+             preprocessing: Preprocessing | None = None, include_momentum: bool = False) -> None:
         """Write the model to ``path`` (.npz), atomically: a crash never leaves half a file.
 
         Parameters
@@ -713,7 +745,7 @@ class SparseMLP:
             np.savez(stream, **arrays)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | os.PathLike) -> SparseMLP:
         """Read a model written by :meth:`save`, after checking everything in the file.
 
         Every layer's arrays are checked before any is used: present, 1-D, of integer (indptr,

@@ -5,30 +5,50 @@ The algorithm, for a weight ``w`` with gradient ``g`` and momentum ``v``::
     v <- mu * v - lr * (g + weight_decay * w)
     w <- w + v
 
-Biases follow the same rule without weight decay. The sequential trainer runs
-this rule fused inside the backward kernel (:func:`wasap.kernels.backward_layer`);
-:func:`momentum_step` is the same rule over arrays, for whoever holds a
-gradient apart from the pass that computed it (a parameter server, biases).
+Biases follow the same rule without weight decay. :func:`momentum_update` states
+it once, for one parameter; the sequential trainer runs it fused inside the
+backward kernel (:func:`wasap.kernels.backward_layer`), and :func:`momentum_step`
+runs it over arrays, for whoever holds a gradient apart from the pass that
+computed it (a parameter server, micro-batches). :class:`LayerRates` gives each
+layer its learning rate.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 
+@njit(inline="always")
+def momentum_update(w, g, v, lr, momentum, weight_decay):
+    """The update rule on one parameter: ``(w + v', v')`` with ``v' = mu v - lr (g + wd w)``.
+
+    The one statement of paper eq. 1 in the package: the fused backward kernel, the
+    bias step, :func:`momentum_step` and the parameter server's remapped step all
+    inline it, so that every pass applies the same float32 arithmetic.
+
+    Parameters
+    ----------
+    w, g, v : float32
+        The parameter, its gradient and its momentum.
+    lr, momentum, weight_decay : float32
+
+    Returns
+    -------
+    w_new, v_new : float32
+    """
+    v = momentum * v - lr * (g + weight_decay * w)
+    return w + v, v
+
+
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _momentum_kernel(param, grad, velocity, lr, momentum, weight_decay):
-    # float32 scalars, the expression of the fused backward kernel: one update
-    # rule, whichever pass applies it.
     lr = np.float32(lr)
     momentum = np.float32(momentum)
     weight_decay = np.float32(weight_decay)
     for k in range(param.shape[0]):
-        w = param[k]
-        v = momentum * velocity[k] - lr * (grad[k] + weight_decay * w)
-        velocity[k] = v
-        param[k] = w + v
+        param[k], velocity[k] = momentum_update(param[k], grad[k], velocity[k], lr, momentum, weight_decay)
 
 
 def momentum_step(param, grad, velocity, *, lr, momentum, weight_decay=0.0):
@@ -64,7 +84,7 @@ class LayerRates:
       hidden rates growing with the width and an output rate shrinking with it
       (and tanh, whose zero-mean outputs keep the output layer stable), networks
       0.5M-5M wide learn in one epoch (a maximal-update parametrisation in the
-      manner of Yang & Hu 2021; see the README's "Big networks").
+      manner of Yang & Hu 2021; see the docs' "Big networks", docs/big-networks.md).
 
     A ratio rather than an absolute output rate, so that whatever scales ``lr``
     (warm-up, the synchronous variant's linear scaling) scales every layer alike.
@@ -75,10 +95,10 @@ class LayerRates:
     output_ratio : float or None
     """
 
-    lr_fan_in: float = None
-    output_ratio: float = None
+    lr_fan_in: float | None = None
+    output_ratio: float | None = None
 
-    def factor(self, nnz, n_out, is_output):
+    def factor(self, nnz: int, n_out: int, is_output: bool) -> float:
         """Factor on the base rate of a layer with ``nnz`` weights into ``n_out`` neurons.
 
         Parameters
@@ -96,6 +116,29 @@ class LayerRates:
         if self.lr_fan_in is None or nnz == 0:
             return 1.0
         return min(1.0, self.lr_fan_in * n_out / nnz)
+
+    def layer_lr(self, lr: float, layer: int, sizes: Sequence[int], nnz: int) -> float:
+        """Learning rate of layer ``layer`` of a network of ``sizes``: ``lr`` times its :meth:`factor`.
+
+        The one place that tells a layer its rate, for every trainer (the fused backward
+        pass, micro-batches, the parameter server).
+
+        Parameters
+        ----------
+        lr : float
+            The base rate of this step (after any warm-up or scaling).
+        layer : int
+            0-based; the last one is the output layer.
+        sizes : sequence of int
+            ``[n_features, hidden..., n_outputs]``.
+        nnz : int
+            Weights the layer holds now.
+
+        Returns
+        -------
+        float
+        """
+        return lr * self.factor(nnz, sizes[layer + 1], layer == len(sizes) - 2)
 
 
 SAME_RATES = LayerRates()  # every layer at the base rate
