@@ -1,4 +1,5 @@
-"""Tests of wasap.data: bundled Madelon, IDX/HIGGS/CIFAR readers, user files, synthetic data, validation."""
+"""Tests of wasap.data: bundled Madelon, IDX/HIGGS/CIFAR readers, user files, synthetic data, validation,
+the checks a Dataset makes when it is made, and standardisation (wasap.preprocessing)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from wasap import data
+import wasap
 from wasap.data import (
     DataError,
     Dataset,
     encode_labels,
     load_dataset,
-    standardize,
     validate_features,
     validate_training_data,
 )
+from wasap.data import loading, synthetic
+from wasap.preprocessing import standardize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-PACKAGE_DATASETS = Path(data.__file__).resolve().parent / "datasets"
+PACKAGE_DATASETS = Path(wasap.__file__).resolve().parent / "datasets"
 
 
 def needs_shared(folder: str) -> Path:
@@ -178,11 +180,11 @@ def test_missing_fashion_mnist_says_where_it_looked_and_how_to_point_at_it(tmp_p
     assert str(tmp_path) in message and "WASAP_FASHION_MNIST" in message and "data_dir" in message
     assert "train-images-idx3-ubyte" in message
     monkeypatch.setenv("WASAP_FASHION_MNIST", str(tmp_path / "elsewhere"))
-    if not data.FASHION_MNIST_DEBIAN_DIR.is_dir():
+    if not loading.FASHION_MNIST_DEBIAN_DIR.is_dir():
         with pytest.raises(DataError) as info:
             load_dataset("fashion-mnist")
         assert str(tmp_path / "elsewhere") in str(info.value)
-        assert str(data.FASHION_MNIST_DEBIAN_DIR) in str(info.value)
+        assert str(loading.FASHION_MNIST_DEBIAN_DIR) in str(info.value)
 
 
 def test_real_fashion_mnist_shapes():
@@ -435,7 +437,7 @@ def test_chunked_synthetic_follows_the_recipe_and_ignores_the_chunk_size():
 
 
 def test_big_synthetic_shapes_switch_to_the_chunked_generator(monkeypatch):
-    monkeypatch.setattr(data, "SYNTHETIC_CHUNKED_ABOVE", 1000)
+    monkeypatch.setattr(synthetic, "SYNTHETIC_CHUNKED_ABOVE", 1000)
     ds = load_dataset("synthetic", n_samples=100, n_features=20, n_classes=4)
     assert "make_classification-like" in ds.description and ds.n_classes == 4
     np.testing.assert_allclose(ds.X_train.mean(axis=0), 0.0, atol=1e-5)
@@ -448,9 +450,68 @@ def test_synthetic_rejects_impossible_shapes():
         load_dataset("synthetic", n_classes=1)
 
 
-def test_float64_features_on_request():
-    ds = load_dataset("synthetic", n_samples=100, n_features=5, dtype=np.float64)
-    assert ds.X_train.dtype == np.float64 and ds.X_test.dtype == np.float64
+# ---------------------------------------------------------------------------------------------------
+# Dataset: checked and converted when it is made
+# ---------------------------------------------------------------------------------------------------
+
+
+def _splits(n_train=6, n_test=4, n_features=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y_train = np.arange(n_train) % 2
+    return (rng.standard_normal((n_train, n_features)), y_train,
+            rng.standard_normal((n_test, n_features)), np.arange(n_test) % 2)
+
+
+def test_dataset_converts_features_to_float32_c_order_once():
+    X_train, y_train, X_test, y_test = _splits()
+    ds = Dataset("toy", np.asfortranarray(X_train), y_train.astype(np.int32), X_test, y_test, np.array(["a", "b"]))
+    for X, expected in ((ds.X_train, X_train), (ds.X_test, X_test)):
+        assert X.dtype == np.float32 and X.flags.c_contiguous
+        np.testing.assert_array_equal(X, expected.astype(np.float32))
+    assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == y_train.tolist()
+    # Arrays that already are float32 C-contiguous, and int64 labels, are kept, not copied.
+    X32 = np.ascontiguousarray(X_train, dtype=np.float32)
+    again = Dataset("toy", X32, ds.y_train, X32, ds.y_train, ds.classes)
+    assert again.X_train is X32 and again.X_test is X32 and again.y_train is ds.y_train
+    assert (again.n_train, again.n_test, again.n_features, again.n_classes) == (6, 6, 3, 2)
+
+
+@pytest.mark.parametrize(("change", "fact"), [
+    (dict(X_train=np.full((6, 3), np.nan)), "X_train holds 18 NaN"),
+    (dict(X_test=np.array([[0.0, np.inf, 0.0]] * 4)), "X_test holds 4 NaN or infinite"),
+    (dict(y_train=np.zeros(5, dtype=np.int64)), "X_train has 6 samples (rows) but y_train has 5 labels"),
+    (dict(y_test=np.zeros(3, dtype=np.int64)), "X_test has 4 samples (rows) but y_test has 3 labels"),
+    (dict(y_train=np.array([0, 1, 2, 0, 1, 0])), "class indices 0..1"),
+    (dict(y_train=np.array([0.0, 1, 0, 1, 0, 1])), "class indices 0..1"),
+    (dict(y_train=np.ones(6, dtype=np.int64)), "y_train holds a single class ('b')"),
+    (dict(X_test=np.zeros((4, 2))), "toy: the train split has 3 features but the test split has 2"),
+    (dict(classes=np.array([["a", "b"]])), "classes must be 1-D"),
+], ids=["nan", "inf", "train lengths", "test lengths", "out of range", "float labels", "single class", "widths",
+        "classes shape"])
+def test_dataset_refuses_what_cannot_be_trained_on(change, fact):
+    X_train, y_train, X_test, y_test = _splits()
+    arrays = dict(X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test, classes=np.array(["a", "b"]))
+    arrays.update(change)
+    with pytest.raises(DataError, match=re.escape(fact)):
+        Dataset("toy", **arrays)
+
+
+def test_a_dataset_without_classes_holds_finite_float32_targets():
+    X_train, _, X_test, _ = _splits()
+    targets = np.linspace(0, 1, 12).reshape(6, 2)
+    ds = Dataset("values", X_train, targets, X_test, targets[:4], np.empty(0))
+    assert ds.n_classes == 0 and ds.y_train.dtype == np.float32 and ds.y_train.shape == (6, 2)
+    np.testing.assert_array_equal(ds.y_train, targets.astype(np.float32))
+    assert ds.preprocessing.classes is None
+    targets[2, 1] = np.nan
+    with pytest.raises(DataError, match="y_train holds 1 NaN or infinite value.*row 2, column 1"):
+        Dataset("values", X_train, targets, X_test, targets[:4], np.empty(0))
+
+
+def test_loaded_data_sets_are_float32_c_contiguous():
+    ds = load_dataset("synthetic", n_samples=100, n_features=5)
+    for X in (ds.X_train, ds.X_test):
+        assert X.dtype == np.float32 and X.flags.c_contiguous
 
 
 # ---------------------------------------------------------------------------------------------------

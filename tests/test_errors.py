@@ -6,18 +6,27 @@ import warnings
 import numpy as np
 import pytest
 
-from wasap import DataError, SparseMLP, TrainConfig, fit, load_dataset
+from wasap import DataError, Dataset, SparseMLP, TrainConfig, fit, load_dataset
 from wasap.config import ConfigError
 from wasap.topology import DensityCapWarning
 
 
-def small_data(n=60, features=5, classes=2, seed=0):
+def small_arrays(n=60, features=5, classes=2, seed=0):
+    """The arrays of a small Dataset, to spoil before making one."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, features)).astype(np.float32)
     y = rng.integers(0, classes, n)
     y[:classes] = np.arange(classes)
     return types.SimpleNamespace(X_train=X, y_train=y, X_test=X[:10].copy(), y_test=y[:10].copy(),
                                  classes=np.arange(classes))
+
+
+def dataset(arrays):
+    return Dataset("small", arrays.X_train, arrays.y_train, arrays.X_test, arrays.y_test, arrays.classes)
+
+
+def small_data(**kwargs):
+    return dataset(small_arrays(**kwargs))
 
 
 def quick_config(**changes):
@@ -30,33 +39,51 @@ def model_for(data, config):
     return SparseMLP.from_config(data.X_train.shape[1], len(data.classes), config)
 
 
+# The arrays are checked when the Dataset is made, before any model or run exists.
+
+
 def test_x_and_y_of_different_lengths():
-    data = small_data()
-    data.y_train = data.y_train[:-7]
-    config = quick_config()
+    arrays = small_arrays()
+    arrays.y_train = arrays.y_train[:-7]
     with pytest.raises(DataError, match=r"60 samples.*53 labels"):
-        fit(model_for(data, config), data, config, log=None)
+        dataset(arrays)
 
 
 def test_nan_and_inf_in_x_name_the_position():
-    data = small_data()
-    data.X_train[17, 3] = np.nan
-    config = quick_config()
+    arrays = small_arrays()
+    arrays.X_train[17, 3] = np.nan
     with pytest.raises(DataError, match=r"NaN|nan") as raised:
-        fit(model_for(data, config), data, config, log=None)
-    assert "17" in str(raised.value)
-    data = small_data()
-    data.X_test[4, 1] = np.inf
+        dataset(arrays)
+    assert "row 17, column 3" in str(raised.value)
+    arrays = small_arrays()
+    arrays.X_test[4, 1] = np.inf
     with pytest.raises(DataError, match=r"inf"):
-        fit(model_for(data, config), data, config, log=None)
+        dataset(arrays)
 
 
 def test_a_single_class_is_refused():
-    data = small_data()
-    data.y_train[:] = 1
+    arrays = small_arrays()
+    arrays.y_train[:] = 1
+    with pytest.raises(DataError, match=r"single class"):
+        dataset(arrays)
+
+
+def test_fit_takes_a_dataset_only():
+    arrays = small_arrays()
     config = quick_config()
-    with pytest.raises(DataError, match=r"class"):
-        fit(model_for(data, config), data, config, log=None)
+    with pytest.raises(TypeError, match=r"must be a wasap.data.Dataset, got SimpleNamespace"):
+        fit(model_for(arrays, config), arrays, config, log=None)
+
+
+def test_a_classifier_needs_classes_and_enough_outputs():
+    arrays = small_arrays(classes=3)
+    config = quick_config()
+    with pytest.raises(DataError, match=r"3 classes but the model has 2 outputs"):
+        fit(SparseMLP.from_config(5, 2, config), dataset(arrays), config, log=None)
+    targets = np.zeros((60, 2), dtype=np.float32)
+    values = Dataset("values", arrays.X_train, targets, arrays.X_test, targets[:10], np.empty(0))
+    with pytest.raises(DataError, match=r"regression targets"):
+        fit(SparseMLP.from_config(5, 2, config), values, config, log=None)
 
 
 def test_wrong_feature_count_at_predict():

@@ -2,7 +2,6 @@
 
 import json
 import os
-import types
 
 import numpy as np
 import pytest
@@ -26,13 +25,12 @@ def data():
                                class_sep=1.5, random_state=0)
     X = ((X - X.mean(axis=0)) / X.std(axis=0)).astype(np.float32)
     y = y.astype(np.int64)
-    return types.SimpleNamespace(X_train=X[:420], y_train=y[:420], X_test=X[420:], y_test=y[420:],
-                                 classes=np.array(["no", "yes"]))
+    return Dataset("blobs", X[:420], y[:420], X[420:], y[420:], np.array(["no", "yes"]))
 
 
 @pytest.fixture(scope="module")
 def dataset(data):
-    return Dataset("blobs", data.X_train, data.y_train, data.X_test, data.y_test, data.classes)
+    return data
 
 
 def _config(**changes):
@@ -175,6 +173,66 @@ def test_divergence_restores_last_good_epoch(data, tmp_path):
     assert np.isfinite(loaded.predict_output(data.X_test)).all()
 
 
+LAYER_ARRAYS = ("indptr", "indices", "data", "bias", "velocity", "bias_velocity", "col_indptr", "col_rows",
+                "col_perm")
+
+
+def test_divergence_restores_the_last_good_epoch_bit_for_bit_from_memory(data):
+    """Without checkpoints, the snapshot in memory (no column view) gives back every array of the model."""
+    config = _config(epochs=5)
+    model = _model(data, config)
+    trainer = Wrapped(model, config, poison_in=3)
+    lines = []
+    summary = fit(model, data, config, trainer=trainer, progress=False, log=lines.append)
+    assert summary["stopped"] == "diverged" and len(summary["history"]) == 2
+    assert any("kept the model of the last good epoch" in line for line in lines)
+    good = trainer.snapshots[2]  # SparseMLP.copy after epoch 2, column view and momentum included
+    assert len(model.layers) == len(good.layers)
+    for restored, expected in zip(model.layers, good.layers):
+        for name in LAYER_ARRAYS:
+            got, want = getattr(restored, name), getattr(expected, name)
+            assert got.dtype == want.dtype and np.array_equal(got, want), name
+    # The momentum came back too: training goes on from there exactly as from a copy of that model.
+    SequentialTrainer(model, config).train_epoch(data.X_train, data.y_train)
+    SequentialTrainer(good, config).train_epoch(data.X_train, data.y_train)
+    assert _same_weights(model, good)
+
+
+def test_the_snapshot_holds_no_column_view(data):
+    from wasap.train import _LastGood
+
+    model = _model(data, _config())
+    last_good = _LastGood(model, None)
+    kept = sum(array.nbytes for saved in last_good.snapshot for array in saved if isinstance(array, np.ndarray))
+    column_view = sum(getattr(layer, name).nbytes for layer in model.layers
+                      for name in ("col_indptr", "col_rows", "col_perm"))
+    whole = sum(getattr(layer, name).nbytes for layer in model.layers for name in LAYER_ARRAYS)
+    assert kept == whole - column_view
+
+
+def test_without_keep_last_good_no_copy_is_made_and_a_divergence_keeps_the_model_as_it_stopped(data, monkeypatch):
+    from wasap import train as train_module
+
+    made = []
+
+    class Counted(train_module._LastGood):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_LastGood", Counted)
+    config = _config(epochs=5)
+    model = _model(data, config)
+    lines = []
+    summary = fit(model, data, config, trainer=Wrapped(model, config, poison_in=3), progress=False,
+                  log=lines.append, keep_last_good=False)
+    assert summary["stopped"] == "diverged" and not made
+    assert not model.is_finite()
+    assert any("left as it was when training stopped" in line for line in lines)
+    fit(_model(data, config), data, _config(epochs=1), progress=False, log=None)
+    assert len(made) == 1  # the default keeps one
+
+
 def test_huge_learning_rate_diverges_cleanly(data):
     config = _config(epochs=3, lr=1e6)
     initial = _model(data, config)
@@ -240,7 +298,7 @@ def test_regression_run_writes_strict_json(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 6)).astype(np.float32)
     Y = np.stack([X[:, 0] - X[:, 1], 0.5 * X[:, 2]], axis=1).astype(np.float32)
-    data = types.SimpleNamespace(X_train=X[:150], y_train=Y[:150], X_test=X[150:], y_test=Y[150:])
+    data = Dataset("values", X[:150], Y[:150], X[150:], Y[150:], np.empty(0))
     config = _config(hidden=(16,), epochs=4, output_activation="identity", loss="mse", dropout=0.0)
     model = SparseMLP.from_config(6, 2, config, warn=False)
     out = tmp_path / "run"
@@ -255,10 +313,11 @@ def test_regression_run_writes_strict_json(tmp_path):
 
 
 def test_fit_accepts_float64_features(data):
-    """Features straight from numpy/sklearn are float64: training must convert them, as prediction does."""
+    """Features straight from numpy/sklearn are float64: the Dataset converts them, once, as prediction does."""
     config = _config(epochs=2)
-    as64 = types.SimpleNamespace(X_train=data.X_train.astype(np.float64), y_train=data.y_train,
-                                 X_test=data.X_test.astype(np.float64), y_test=data.y_test, classes=data.classes)
+    as64 = Dataset("blobs", data.X_train.astype(np.float64), data.y_train, data.X_test.astype(np.float64),
+                   data.y_test, data.classes)
+    assert as64.X_train.dtype == np.float32
     model64, summary64 = _fit(as64, config)
     model32, summary32 = _fit(data, config)
     assert summary64["stopped"] == "completed"

@@ -1,15 +1,19 @@
-"""What a model's inputs went through before training, kept with the model to apply to new raw data.
+"""Standardisation, and what a model's inputs went through before training, kept with the model.
 
-A :class:`Preprocessing` holds the per-feature mean and scale the training split was standardised
+:func:`standardize` scales each feature by the training split's statistics; it and
+:meth:`Preprocessing.transform` (the same scaling applied to new raw rows) share one computation,
+:func:`standardize_in_place`. A :class:`Preprocessing` holds the per-feature mean and scale the training split was standardised
 with (or none, for a run with ``--no-standardize``), the number of features, and the label values
 behind the class indices. :meth:`SparseMLP.save <wasap.model.SparseMLP.save>` stores it in the model
 file and :meth:`SparseMLP.load <wasap.model.SparseMLP.load>` restores it, so that
 :meth:`SparseMLP.predict <wasap.model.SparseMLP.predict>` takes raw rows.
 """
 
+from __future__ import annotations
+
 import numpy as np
 
-from .data import DataError, validate_features
+from .data.validation import DataError, rows_per_chunk, validate_features
 
 #: Names of the model file's arrays (the class labels keep the model file's own ``classes`` key).
 N_FEATURES_KEY = "preprocessing_n_features"
@@ -169,7 +173,97 @@ class Preprocessing:
         return f"Preprocessing({self.n_features} features, {kind}, {classes})"
 
 
-def standardize_in_place(X, mean, scale):
+def standardize(X_train, X_test=None, *, copy: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Standardise each feature with the train split's mean and standard deviation.
+
+    Parameters
+    ----------
+    X_train : array-like of shape (n_train, n_features)
+        The statistics come from this split only (population std, ddof=0).
+    X_test : array-like of shape (n_test, n_features), optional
+        Transformed with the train split's statistics.
+    copy : bool
+        False standardises float32 C-contiguous inputs in place (no extra memory for multi-GB data).
+
+    Returns
+    -------
+    X_train, X_test : ndarrays of shapes (n_train, n_features) and (n_test, n_features), float32
+        ``X_test`` is None when none was given. A feature that is constant on the train split has
+        std 0; it is divided by 1 instead, so it becomes exactly 0 on the train split.
+
+    Raises
+    ------
+    DataError
+        For features :func:`wasap.data.validate_features` refuses, or splits of different widths.
+    """
+    train = _writable_features(X_train, "X_train", copy)
+    test = None if X_test is None else _writable_features(X_test, "X_test", copy)
+    if test is not None and test.shape[1] != train.shape[1]:
+        raise DataError(
+            f"X_train has {train.shape[1]} features but X_test has {test.shape[1]}; both splits need the "
+            "same columns in the same order."
+        )
+    standardize_splits_in_place(train, test)
+    return train, test
+
+
+def standardize_splits_in_place(X_train: np.ndarray, X_test: np.ndarray | None = None
+                                ) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise both splits in place with ``X_train``'s per-column statistics.
+
+    Parameters
+    ----------
+    X_train : ndarray of shape (n_train, n_features), float32, writable, finite
+    X_test : ndarray of shape (n_test, n_features), float32, writable, finite, optional
+
+    Returns
+    -------
+    mean, scale : ndarrays of shape (n_features,), float64
+        The statistics of :func:`column_statistics`.
+    """
+    mean, scale = column_statistics(X_train)
+    for X in (X_train, X_test):
+        if X is not None:
+            standardize_in_place(X, mean, scale)
+    return mean, scale
+
+
+def column_statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation of ``X``, computed in row blocks.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features), finite
+
+    Returns
+    -------
+    mean, scale : ndarrays of shape (n_features,), float64
+        The population std (ddof=0), 1 for a constant column.
+    """
+    step = rows_per_chunk(X.shape[1], X.itemsize)
+    total = np.zeros(X.shape[1])
+    lowest = np.full(X.shape[1], np.inf)
+    highest = np.full(X.shape[1], -np.inf)
+    for start in range(0, X.shape[0], step):
+        block = X[start:start + step]
+        total += block.sum(axis=0, dtype=np.float64)
+        np.minimum(lowest, block.min(axis=0), out=lowest)
+        np.maximum(highest, block.max(axis=0), out=highest)
+    mean = total / X.shape[0]
+    # Rounding makes a float64 mean differ from a constant column's value; using the value itself keeps
+    # such columns exactly 0 instead of tiny differences divided by a tiny std.
+    constant = lowest == highest
+    mean[constant] = lowest[constant]
+    squares = np.zeros(X.shape[1])
+    for start in range(0, X.shape[0], step):
+        centred = X[start:start + step] - mean
+        squares += np.einsum("ij,ij->j", centred, centred)
+    std = np.sqrt(squares / X.shape[0])
+    std[constant | (std == 0)] = 1.0
+    return mean, std
+
+
+def standardize_in_place(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> None:
     """Standardise the columns of ``X`` in place: ``(X - mean) / scale``, in ``X``'s own dtype.
 
     The training split (:func:`wasap.load_dataset`) and new rows (:meth:`Preprocessing.transform`)
@@ -182,6 +276,14 @@ def standardize_in_place(X, mean, scale):
     """
     X -= np.asarray(mean).astype(X.dtype)
     X /= np.asarray(scale).astype(X.dtype)
+
+
+def _writable_features(X, name: str, copy: bool) -> np.ndarray:
+    """Validated float32 features that are safe to modify: a copy when ``copy`` and they share the input."""
+    checked = validate_features(X, name=name)
+    if (copy and isinstance(X, np.ndarray) and np.may_share_memory(X, checked)) or not checked.flags.writeable:
+        checked = checked.copy()
+    return checked
 
 
 def _statistic(values, n_features, name):

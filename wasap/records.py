@@ -1,6 +1,6 @@
 """A run's output folder: metrics.jsonl, summary.json and model.npz.
 
-The key names are a contract (README, "Output files"): tools and benchmarks
+The key names are a contract (docs/guide.md, "The output folder"): tools and benchmarks
 read any run through them.
 """
 

@@ -5,40 +5,46 @@ Importance Pruning); :func:`fit` runs the epochs around any such trainer:
 evaluation, metrics, progress bars, Ctrl-C, divergence and the output folder.
 """
 
+from __future__ import annotations
+
 import math
 import os
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
-from . import kernels
+from .batches import gather_transposed
 from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer, load_checkpoint
-from .data import DataError, validate_features, validate_training_data
-from .kernels import gather_transposed
-from .model import SparseMLP, stream_seed
+from .config import TrainConfig
+from .data import DataError, Dataset
+from .model import TRAINER_STREAM, SparseLayer, SparseMLP, stream_seed
 from .records import RunRecorder, run_facts
 from .signals import StopSignals, describe_stop
 from .signals import stop_reason as stop_reason_of
+from .threads import available_cores, max_threads, set_threads
+from .topology import importance_pruning_due
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite."""
 
 
-def default_threads():
+def default_threads() -> int:
     """One kernel thread per idle core this process may use, at least one, at most numba's pool.
 
     numba's threads slow down many-fold when another process competes for
     their cores, so busy cores (by the 1-minute load average) are left out;
-    :func:`wasap.kernels.max_threads` bounds the count by the cores and by
+    :func:`wasap.threads.max_threads` bounds the count by the cores and by
     ``NUMBA_NUM_THREADS``.
     """
-    cores = kernels.available_cores()
+    cores = available_cores()
     try:
         busy = int(math.floor(os.getloadavg()[0] + 0.5))
     except OSError:
         busy = 0
-    return max(1, min(kernels.max_threads(), cores - busy + 1))
+    return max(1, min(max_threads(), cores - busy + 1))
 
 
 def batches_of(order, batch_size):
@@ -67,31 +73,33 @@ class SequentialTrainer:
         it makes :meth:`state_dict`.
     """
 
-    def __init__(self, model, config):
+    def __init__(self, model: SparseMLP, config: TrainConfig):
         self.model = model
         self.config = config
-        self.rng = np.random.default_rng(stream_seed(config.seed, 0x5E7))
+        self.rng = np.random.default_rng(stream_seed(config.seed, TRAINER_STREAM))
         self.step = 0
         self.position = None
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """The trainer's state besides the model, JSON-ready: what an exact continuation needs."""
         return dict(step=self.step, rng=self.rng.bit_generator.state,
                     position=None if self.position is None else dict(self.position))
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict`; a position inside an epoch resumes that epoch at its next batch."""
         self.step = int(state["step"])
         self.rng.bit_generator.state = state["rng"]
         self.position = None if state["position"] is None else dict(state["position"])
 
-    def train_epoch(self, X, y, *, progress=None):
+    def train_epoch(self, X: np.ndarray, y: np.ndarray, *,
+                    progress: Callable[[int], None] | None = None) -> tuple[float, float]:
         """One pass over the data in a fresh random order (or the rest of an epoch :meth:`load_state_dict` resumed).
 
         Parameters
         ----------
-        X : (n_samples, n_features) float32
-        y : (n_samples,) int class indices, or (n_samples, n_outputs) float32 targets (mse)
+        X : ndarray of shape (n_samples, n_features), float32, C-contiguous
+            As a :class:`~wasap.data.Dataset` holds it (it is not checked again here).
+        y : ndarray of shape (n_samples,) int class indices, or (n_samples, n_outputs) float32 targets (mse)
         progress : callable, optional
             Called with the number of samples done after each batch, when
             :attr:`position` describes the epoch so far.
@@ -110,7 +118,6 @@ class SequentialTrainer:
         """
         cfg = self.config
         model = self.model
-        X = np.ascontiguousarray(X, dtype=np.float32)  # no copy when it already is
         regression = model.loss != "cross-entropy"
         position = self.position
         if position is None:
@@ -144,22 +151,21 @@ class SequentialTrainer:
         n = X.shape[0]
         return position["loss_sum"] / n, (float("nan") if regression else position["correct"] / n)
 
-    def samples_done(self, n_samples):
+    def samples_done(self, n_samples: int) -> int:
         """Samples of the epoch in progress already trained (0 between epochs)."""
         if self.position is None:
             return 0
         return min(n_samples, self.position["batches"] * self.config.batch_size)
 
-    def evolve(self):
+    def evolve(self) -> None:
         """One SET step on every layer."""
         self.model.evolve(self.config.zeta, self.rng, init=self.config.init)
 
     def importance_pruning_due(self, epoch):
-        """Whether Importance Pruning runs after ``epoch`` (1-based)."""
-        cfg = self.config
-        return cfg.importance_pruning and epoch >= cfg.ip_start and epoch % cfg.ip_every == 0
+        """Whether Importance Pruning runs after ``epoch`` (1-based): :func:`wasap.topology.importance_pruning_due`."""
+        return importance_pruning_due(self.config, epoch)
 
-    def end_of_epoch(self, epoch, last):
+    def end_of_epoch(self, epoch: int, last: bool) -> None:
         """Topology changes after ``epoch``: Importance Pruning when due, then SET; none after the last."""
         if last:
             return
@@ -168,38 +174,49 @@ class SequentialTrainer:
         self.evolve()
 
 
-def check_data(model, data):
-    """Refuse data the model cannot train on, with a message that says why.
+def check_data(model: SparseMLP, data: Dataset) -> None:
+    """Refuse a data set the model cannot train on, with a message that says why.
+
+    The arrays were checked when the :class:`~wasap.data.Dataset` was made (finite float32
+    features, class indices or targets, one per row); what is left is whether they fit
+    ``model``, a check of shapes only.
 
     Raises
     ------
+    TypeError
+        When ``data`` is not a :class:`~wasap.data.Dataset`.
     wasap.data.DataError
-        NaN or inf, X and y of different lengths, a single class, or a
-        feature count that differs from the model's input layer.
+        A feature count that differs from the model's input layer, more classes than the
+        model has outputs (or no classes for a classifier), or targets of another width
+        than the outputs of a model trained with the mse loss.
     """
+    if not isinstance(data, Dataset):
+        raise TypeError(f"data must be a wasap.data.Dataset, got {type(data).__name__}; make one with "
+                        "Dataset(name, X_train, y_train, X_test, y_test, classes) or load one with "
+                        "wasap.load_dataset.")
+    if data.n_features != model.n_features:
+        raise DataError(f"X_train has {data.n_features} features but the model's input layer has "
+                        f"{model.n_features}; build the model with n_features={data.n_features}.")
     if model.loss == "cross-entropy":
-        validate_training_data(data.X_train, data.y_train)
-    else:
-        validate_features(data.X_train, name="X_train")
-    validate_features(data.X_test, name="X_test")
-    for name, X, y in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
-        if len(X) != len(y):
-            raise DataError(f"X_{name} has {len(X)} rows but y_{name} has {len(y)} targets; give one per row.")
-    for name, X in (("X_train", data.X_train), ("X_test", data.X_test)):
-        if X.shape[1] != model.n_features:
-            raise DataError(f"{name} has {X.shape[1]} features but the model's input layer has "
-                            f"{model.n_features}; build the model with n_features={X.shape[1]}.")
-    if model.loss == "cross-entropy":
-        for name, y in (("y_train", data.y_train), ("y_test", data.y_test)):
-            y = np.asarray(y)
-            if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= model.n_outputs:
-                raise DataError(f"{name} must hold class indices 0..{model.n_outputs - 1} (integers); "
-                                "encode labels with wasap.data.encode_labels, or load data with "
-                                "wasap.load_dataset, which does.")
+        if data.n_classes == 0:
+            raise DataError(f"{data.name} holds regression targets (its classes are empty), but the model is a "
+                            "classifier (cross-entropy loss): give the label values as classes and class indices "
+                            "as labels, or train a model with loss='mse'.")
+        if data.n_classes > model.n_outputs:
+            raise DataError(f"{data.name} has {data.n_classes} classes but the model has {model.n_outputs} "
+                            f"outputs; build the model with n_outputs={data.n_classes}.")
+        return
+    for name, y in (("y_train", data.y_train), ("y_test", data.y_test)):
+        width = y.shape[1] if y.ndim == 2 else 1
+        if width != model.n_outputs:
+            raise DataError(f"{name} has {width} target(s) a sample but the model has {model.n_outputs} "
+                            "outputs; give one target per output.")
 
 
-def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=print, overwrite=False,
-        keep_last_good=True, init_seconds=None, resume=None, checkpoint_every=DEFAULT_EVERY, command_line=None):
+def fit(model: SparseMLP, data: Dataset, config: TrainConfig, *, out_dir: str | None = None, trainer=None,
+        progress: bool | None = None, log: Callable[[str], None] | None = print, overwrite: bool = False,
+        keep_last_good: bool = True, init_seconds: float | None = None, resume: dict | None = None,
+        checkpoint_every: float = DEFAULT_EVERY, command_line: list[str] | None = None) -> dict:
     """Train ``model`` for ``config.epochs`` epochs and record the run.
 
     Each epoch: train, evaluate on the test split, then Importance Pruning (when
@@ -214,10 +231,11 @@ def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=p
     model : SparseMLP
         Trained in place (with ``resume``: the checkpoint's model).
     data : wasap.data.Dataset
-        ``X_train`` (n, n_features) float32, ``y_train``, ``X_test``, ``y_test``.
+        ``X_train`` (n, n_features) float32, ``y_train``, ``X_test``, ``y_test``, as checked when
+        the Dataset was made; only their fit to ``model`` is checked here (:func:`check_data`).
     config : wasap.config.TrainConfig
     out_dir : str, optional
-        Receives metrics.jsonl, summary.json, model.npz and checkpoint.npz (see the README).
+        Receives metrics.jsonl, summary.json, model.npz and checkpoint.npz (docs/guide.md, "The output folder").
     trainer : object, optional
         Anything with ``train_epoch(X, y, progress=)`` and ``end_of_epoch(epoch, last)``;
         a :class:`SequentialTrainer` by default. Checkpoints need its
@@ -229,8 +247,11 @@ def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=p
     overwrite : bool
         Allow a non-empty ``out_dir`` (its run's files are replaced).
     keep_last_good : bool
-        Keep the last finite model to fall back on if training diverges: the last
-        checkpoint when there are checkpoints, else a copy in memory.
+        Keep the model of the last good epoch to fall back on if training diverges:
+        the last checkpoint when there are checkpoints (an ``out_dir``), else a
+        snapshot in memory, taken after every epoch, of each layer's weights, bias
+        and momentum (about 12 bytes a weight). False keeps none: a diverged run
+        ends with the model as it was when it stopped.
     init_seconds : float, optional
         How long building the model took, for summary.json.
     resume : dict, optional
@@ -250,12 +271,14 @@ def fit(model, data, config, *, out_dir=None, trainer=None, progress=None, log=p
 
     Raises
     ------
+    TypeError, wasap.data.DataError
+        Before anything starts, for data that is not a Dataset or does not fit the model (:func:`check_data`).
     wasap.records.OutputWriteError
         When an output file cannot be written (disk full); the message says what was kept.
     """
     log = log or (lambda line: None)
     check_data(model, data)
-    kernels.set_threads(config.threads or default_threads())
+    set_threads(config.threads or default_threads())
     trainer = trainer or SequentialTrainer(model, config)
     resumable = hasattr(trainer, "state_dict") and hasattr(trainer, "load_state_dict")
     if resume is not None:
@@ -307,7 +330,7 @@ class _Run:
             # A run killed before its first epoch ends can start again from here, and a divergence
             # in epoch 1 has a model to go back to.
             self.checkpoint()
-        fallback = _Fallback(model, checkpoints if keep_last_good else None, in_memory=keep_last_good)
+        fallback = _LastGood(model, checkpoints) if keep_last_good else None
         disable = (not progress) if progress is not None else None
         stop_reason = "completed"
         n_train = data.X_train.shape[0]
@@ -341,7 +364,8 @@ class _Run:
                                             test_loss=test_loss, test_accuracy=test_accuracy,
                                             nnz=model.nnz_per_layer(), train_seconds=train_seconds,
                                             eval_seconds=eval_seconds, evolve_seconds=evolve_seconds)
-                    fallback.keep()
+                    if fallback is not None and epoch < config.epochs:  # after the last, none is needed
+                        fallback.keep()
                     if checkpoints is not None and checkpoints.due(mid_epoch=False):
                         self.checkpoint()
                     epochs.set_postfix(loss=f"{train_loss:.4f}", test_acc=_percent(test_accuracy), nnz=model.nnz)
@@ -356,52 +380,78 @@ class _Run:
                 log(describe_stop(stop_reason))
             except TrainingDiverged as error:
                 stop_reason = "diverged"
-                recorder.extra["error"] = (f"Training diverged ({error}); {fallback.restore()} Lower the learning "
+                kept = fallback.restore() if fallback is not None else (
+                    "the model is left as it was when training stopped.")
+                recorder.extra["error"] = (f"Training diverged ({error}); {kept} Lower the learning "
                                            "rate (--lr) or raise the weight decay, and check the inputs are scaled.")
                 log(recorder.extra["error"])
             finally:
                 epochs.close()
             with stop.deferred():
                 return recorder.finish(model, stop_reason, classes=self.classes,
-                                       preprocessing=getattr(data, "preprocessing", None))
+                                       preprocessing=data.preprocessing)
 
 
-class _Fallback:
-    """The model to go back to when training diverges: the last checkpoint on disk, else a copy in memory."""
+class _LastGood:
+    """The model to go back to when training diverges: the last checkpoint on disk, else a snapshot in memory.
 
-    def __init__(self, model, checkpoints, *, in_memory):
+    The snapshot holds what a restore needs, each layer's CSR arrays, values, bias and momentum
+    (a model trained on after the restore, as an estimator's warm start does, goes on as from that
+    epoch); the column view is derived from the CSR arrays, so it is rebuilt on a restore instead
+    of copied every epoch.
+    """
+
+    def __init__(self, model: SparseMLP, checkpoints: Checkpointer | None):
         self.model = model
         self.checkpoints = checkpoints
-        # With checkpoints on disk the copy (as large as the model) is not needed.
-        self.copy = model.copy() if in_memory and checkpoints is None else None
+        self.snapshot = None
+        if checkpoints is None:
+            self.keep()
 
-    def keep(self):
-        """Note the model after a good epoch."""
-        if self.copy is not None:
-            self.copy = None  # the old copy goes first: two copies beside the model would be a third model's size
-            self.copy = self.model.copy()
+    def keep(self) -> None:
+        """Note the model after a good epoch (nothing to do when checkpoints keep it)."""
+        if self.checkpoints is not None:
+            return
+        self.snapshot = None  # the old snapshot goes first: two beside the model would take a third model's room
+        self.snapshot = [_LayerSnapshot(layer.n_in, layer.n_out, layer.indptr.copy(), layer.indices.copy(),
+                                        layer.data.copy(), layer.bias.copy(), layer.velocity.copy(),
+                                        layer.bias_velocity.copy()) for layer in self.model.layers]
 
-    def restore(self):
+    def restore(self) -> str:
         """Put the last good model back; returns a sentence saying which."""
         if self.checkpoints is not None:
             good, state = load_checkpoint(self.checkpoints.path)
             position = state["trainer"].get("position")
             where = f"epoch {state['epoch']}" + (f" and {position['batches']} batches" if position else "")
+            self.model.layers = good.layers
             sentence = f"kept the last checkpoint's model ({where})."
-        elif self.copy is not None:
-            good, sentence = self.copy, "kept the model of the last good epoch."
         else:
-            return "the model is left as it was when training stopped."
-        self.model.layers = good.layers
+            # SparseLayer rebuilds the column view from the CSR arrays.
+            self.model.layers = [SparseLayer(*saved) for saved in self.snapshot]
+            sentence = "kept the model of the last good epoch."
         self.model.release_workspaces()
         return sentence
+
+
+class _LayerSnapshot(NamedTuple):
+    """A layer's arrays, in :class:`~wasap.model.SparseLayer`'s argument order."""
+
+    n_in: int
+    n_out: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    bias: np.ndarray
+    velocity: np.ndarray
+    bias_velocity: np.ndarray
 
 
 #: The kinds of network whose kernels this process has compiled (see :func:`prepare_kernels`).
 _PREPARED = set()
 
 
-def prepare_kernels(model, data, config, log=None):
+def prepare_kernels(model: SparseMLP, data: Dataset, config: TrainConfig,
+                    log: Callable[[str], None] | None = None) -> float:
     """Compile the kernels a run calls, or load them from numba's cache, before its first epoch.
 
     numba compiles each kernel at its first call. Running one batch, one
