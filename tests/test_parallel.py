@@ -28,8 +28,10 @@ from wasap.data import Dataset
 from wasap.model import SparseLayer, SparseMLP
 from wasap.optim import LayerRates
 from wasap.parallel import fit_parallel
+from wasap.parallel.messages import GradientPushed
 from wasap.parallel.server import ParameterServer, apply_gradient, average_replicas
 from wasap.parallel.shm import SharedBlocks, SharedMemoryFull, check_free_space, leftover_segments, run_prefix
+from wasap.parallel.transport import LayerState
 from wasap.train import fit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,11 +131,11 @@ class _LocalTransport:
 
     def layer_state(self, l):
         layer = self.model.layers[l]
-        return dict(version=self.versions[l], nnz=layer.nnz, indptr=layer.indptr, indices=layer.indices,
-                    data=layer.data, velocity=layer.velocity, bias=layer.bias, bias_velocity=layer.bias_velocity)
+        return LayerState(version=self.versions[l], nnz=layer.nnz, indptr=layer.indptr, indices=layer.indices,
+                          data=layer.data, velocity=layer.velocity, bias=layer.bias, bias_velocity=layer.bias_velocity)
 
-    def gradient(self, worker, slot, l, nnz=None):
-        return self.grads[l][:nnz], self.bias_grads[l]
+    def gradient(self, worker, slot, l):
+        return self.grads[l], self.bias_grads[l]
 
     def write_layer(self, l, version, indptr, indices, data, velocity):
         layer = self.model.layers[l]
@@ -156,7 +158,8 @@ def test_gradient_from_an_older_topology_updates_exactly_the_surviving_connectio
     server.end_of_epoch(1, old.copy())  # SET: version 1
     evolved = model.copy()
     assert server.versions == [1, 1]
-    server.apply(worker=0, slot=0, versions=[0, 0])
+    server.apply(GradientPushed(worker=0, slot=0, versions=(0, 0), loss=0.0, n_correct=0, n_samples=32,
+                                applied=(False, False)))
     assert server.stats.stale == 1 and server.stats.dropped == 0
     lr, mu, wd = config.lr, config.momentum, config.weight_decay
     for l, (before, after) in enumerate(zip(evolved.layers, model.layers)):
@@ -197,7 +200,7 @@ def test_a_worker_applies_its_gradient_only_to_layers_whose_topology_is_unchange
     # layer is left alone (flag False, for the server to remap) while the others are still applied.
     import multiprocessing
 
-    from wasap.parallel.transport import SharedMemoryTransport, SharedMemoryWorkerTransport
+    from wasap.parallel.shm_transport import SharedMemoryTransport, SharedMemoryWorkerTransport
 
     model = SparseMLP.random([6, 8, 3], epsilon=2, seed=3)
     X = np.zeros((4, 6), dtype=np.float32)
@@ -211,30 +214,31 @@ def test_a_worker_applies_its_gradient_only_to_layers_whose_topology_is_unchange
         for g, bg in zip(grads, bias_grads):
             g[:] = rng.standard_normal(g.shape[0])
             bg[:] = rng.standard_normal(bg.shape[0])
-        before = [{k: np.array(v) for k, v in server.layer_state(l).items() if k != "version"} for l in range(2)]
+        before = [{k: np.array(v) for k, v in server.layer_state(l)._asdict().items() if k != "version"}
+                  for l in range(2)]
         lr, momentum, decay, lr_fan_in, output_ratio = 0.1, 0.9, 0.01, 2.0, 0.25
         rates = LayerRates(lr_fan_in=lr_fan_in, output_ratio=output_ratio)
-        assert worker.apply_gradient(1, [0, 0], lr=lr, momentum=momentum, weight_decay=decay,
-                                     rates=rates) == (True, True)
+        # Each layer's rate as the worker computes it from the layers it pulled.
+        lrs = [rates.layer_lr(lr, l, model.sizes, layer.nnz) for l, layer in enumerate(model.layers)]
+        assert worker.apply_gradient(1, [0, 0], lrs, momentum=momentum, weight_decay=decay) == (True, True)
         for l, layer in enumerate(model.layers):
             rate = lr * (output_ratio if l == 1 else min(1.0, lr_fan_in / (layer.nnz / layer.n_out)))
             velocity = momentum * before[l]["velocity"] - rate * (grads[l] + decay * before[l]["data"])
             bias_velocity = momentum * before[l]["bias_velocity"] - rate * bias_grads[l]
             state = server.layer_state(l)
-            np.testing.assert_allclose(state["velocity"], velocity, rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(state["data"], before[l]["data"] + velocity, rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(state["bias"], before[l]["bias"] + bias_velocity, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(state.velocity, velocity, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(state.data, before[l]["data"] + velocity, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(state.bias, before[l]["bias"] + bias_velocity, rtol=1e-6, atol=1e-7)
         # The server serves version 1 of layer 0 (here the same arrays): a gradient of version 0 no longer
         # touches it.
         layer0 = server.layer_state(0)
-        server.write_layer(0, 1, layer0["indptr"].copy(), layer0["indices"].copy(), layer0["data"].copy(),
-                           layer0["velocity"].copy())
-        frozen = np.array(server.layer_state(0)["data"])
-        moving = np.array(server.layer_state(1)["data"])
-        assert worker.apply_gradient(1, [0, 0], lr=lr, momentum=momentum, weight_decay=decay,
-                                     rates=rates) == (False, True)
-        np.testing.assert_array_equal(server.layer_state(0)["data"], frozen)
-        assert not np.array_equal(server.layer_state(1)["data"], moving)
+        server.write_layer(0, 1, layer0.indptr.copy(), layer0.indices.copy(), layer0.data.copy(),
+                           layer0.velocity.copy())
+        frozen = np.array(server.layer_state(0).data)
+        moving = np.array(server.layer_state(1).data)
+        assert worker.apply_gradient(1, [0, 0], lrs, momentum=momentum, weight_decay=decay) == (False, True)
+        np.testing.assert_array_equal(server.layer_state(0).data, frozen)
+        assert not np.array_equal(server.layer_state(1).data, moving)
         worker.close()
     finally:
         server.close()

@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from wasap import TrainConfig, SparseMLP  # noqa: E402
-from wasap import kernels  # noqa: E402
 from wasap.data import Dataset, load_dataset  # noqa: E402
 from wasap.parallel import fit_parallel  # noqa: E402
+from wasap.threads import set_threads  # noqa: E402
 from wasap.train import fit  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets",
@@ -82,7 +82,7 @@ def main(argv=None):
     def sequential(threads):
         cfg = base.replace(threads=threads)
         model = SparseMLP.from_config(data.n_features, data.n_classes, cfg)
-        kernels.set_threads(threads)
+        set_threads(threads)
         cpu = time.process_time()
         summary = fit(model, data, cfg, log=None, progress=False)
         cpu = time.process_time() - cpu
@@ -126,8 +126,8 @@ def main(argv=None):
             seq = results[key][0][0]
             print(f"  vs sequential {threads} thread(s): 1 worker {seq / one:.2f}x, 2 workers {seq / two:.2f}x")
 
-    # The machine is shared: a process gets a share of a core that depends on the others' load, so
-    # wall-clock ratios mix our speed-up with the scheduler's. CPU time is what each worker got; a
+    # On a shared machine a process gets a share of a core that depends on the others' load, so
+    # wall-clock ratios mix the speed-up with the scheduler's. CPU time is what each worker got; a
     # worker on an idle core of its own would turn its CPU seconds plus its real waits (lock, slot)
     # into wall seconds one for one.
     print("\nload-independent estimate (CPU seconds actually used; waits for the lock or a slot kept):")

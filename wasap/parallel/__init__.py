@@ -3,14 +3,16 @@
 Built on the core (:mod:`wasap.model`, :mod:`wasap.topology`, :mod:`wasap.optim`,
 :mod:`wasap.train`), never the other way round:
 
-- :mod:`.shm`: named shared-memory blocks with one owner, free-space check, cleanup;
-- :mod:`.transport`: what server and workers say to each other (the shared-memory transport);
+- :mod:`.trainer`: :func:`fit_parallel`, the run: the server's side of both phases;
 - :mod:`.server`: the parameter server's algorithm (apply, mask stale gradients, evolve, average);
-- :mod:`.worker`: a worker process (gradients in phase one, a replica in phase two);
-- :mod:`.wasap`: :func:`fit_parallel`, the run around them.
+- :mod:`.worker`: a worker's side (gradients in phase one, a replica in phase two);
+- :mod:`.messages`: what they say to each other (command words, heartbeats, typed messages);
+- :mod:`.transport`: the interface the algorithm talks to, one class per side, and the liveness rules;
+- :mod:`.shm_transport`: the shared-memory implementation of that interface;
+- :mod:`.shm`: named shared-memory blocks with one owner, free-space check, cleanup.
 """
 
+from .trainer import START_METHODS, fit_parallel, resolve_workers
 from .transport import WorkerFailed, WorkerStalled
-from .wasap import START_METHODS, available_cores, fit_parallel, resolve_workers
 
-__all__ = ["START_METHODS", "WorkerFailed", "WorkerStalled", "available_cores", "fit_parallel", "resolve_workers"]
+__all__ = ["START_METHODS", "WorkerFailed", "WorkerStalled", "fit_parallel", "resolve_workers"]

@@ -1,7 +1,7 @@
 """The parameter server of WASAP-SGD: apply gradients as they arrive, evolve the topology, average replicas.
 
 Phase one (Algorithm 1, lines 11-21): each gradient is applied once, as it
-arrives, with momentum SGD (paper eq. 1, the rule of :func:`wasap.optim.momentum_step`)::
+arrives, with momentum SGD (paper eq. 1, :func:`wasap.optim.momentum_update`)::
 
     v <- mu * v - lr * (g + weight_decay * w);   w <- w + v      (biases: no decay)
 
@@ -34,15 +34,18 @@ import numpy as np
 from numba import njit
 
 from .. import topology
-from ..model import SparseLayer, SparseMLP, stream_seed
-from ..optim import MomentumSGD, momentum_step
+from ..config import TrainConfig
+from ..model import TRAINER_STREAM, SparseLayer, SparseMLP, stream_seed
+from ..optim import MomentumSGD, momentum_step, momentum_update
+from .messages import GradientPushed
+from .transport import ServerTransport
 
 _KERNEL = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
 
 @njit(**_KERNEL)
 def _momentum_where(data, velocity, grad, where, lr, momentum, weight_decay):
-    # wasap.optim.momentum_step's rule, through a remapping of a stale gradient.
+    # The one update rule, through a remapping of a stale gradient.
     lr = np.float32(lr)
     momentum = np.float32(momentum)
     weight_decay = np.float32(weight_decay)
@@ -50,13 +53,11 @@ def _momentum_where(data, velocity, grad, where, lr, momentum, weight_decay):
         j = where[k]
         if j < 0:
             continue  # the connection no longer exists
-        w = data[j]
-        v = momentum * velocity[j] - lr * (grad[k] + weight_decay * w)
-        velocity[j] = v
-        data[j] = w + v
+        data[j], velocity[j] = momentum_update(data[j], grad[k], velocity[j], lr, momentum, weight_decay)
 
 
-def apply_gradient(data, velocity, grad, *, lr, momentum, weight_decay, where=None):
+def apply_gradient(data: np.ndarray, velocity: np.ndarray, grad: np.ndarray, *, lr: float, momentum: float,
+                   weight_decay: float, where: "np.ndarray | None" = None) -> None:
     """Momentum SGD on a layer's nonzeros, in place, optionally through a remapping.
 
     Parameters
@@ -79,7 +80,7 @@ def apply_gradient(data, velocity, grad, *, lr, momentum, weight_decay, where=No
         _momentum_where(data, velocity, grad, where, float(lr), float(momentum), float(weight_decay))
 
 
-def warm_up_update_kernels():
+def warm_up_update_kernels() -> None:
     """Compile (or load from the cache) the update kernels now, not under a layer's lock (server and workers)."""
     one = np.zeros(1, dtype=np.float32)
     apply_gradient(one, one.copy(), one.copy(), lr=0.0, momentum=0.0, weight_decay=0.0)
@@ -135,11 +136,12 @@ class ParameterServer:
         draws the very same numbers in the same order.
     """
 
-    def __init__(self, transport, config, *, n_workers, steps_per_epoch, keep_versions=8):
+    def __init__(self, transport: ServerTransport, config: TrainConfig, *, n_workers: int, steps_per_epoch: int,
+                 keep_versions: int = 8):
         self.transport = transport
         self.config = config
         self.n_workers = n_workers
-        self.rng = np.random.default_rng(stream_seed(config.seed, 0x5E7))
+        self.rng = np.random.default_rng(stream_seed(config.seed, TRAINER_STREAM))
         scale = n_workers if config.sync else 1
         self.optimizer = MomentumSGD(lr=config.lr * scale, momentum=config.momentum,
                                      weight_decay=config.weight_decay,
@@ -152,7 +154,7 @@ class ParameterServer:
         for l in range(self.n_layers):
             with transport.lock(l):
                 state = transport.layer_state(l)
-                keys = topology.keys_from_csr(state["indptr"], state["indices"], transport.sizes[l + 1])
+                keys = topology.keys_from_csr(state.indptr, state.indices, transport.sizes[l + 1])
             self.history.append(collections.OrderedDict({0: keys}))
         self._where_cache = {}
         self._states = {}
@@ -178,7 +180,7 @@ class ParameterServer:
     def _state(self, layer):
         """Views of the served layer, cached per version (the server is the only writer of versions)."""
         state = self._states.get(layer)
-        if state is None or state["version"] != self.versions[layer]:
+        if state is None or state.version != self.versions[layer]:
             with self.transport.lock(layer):
                 state = self._states[layer] = self.transport.layer_state(layer)
         return state
@@ -189,7 +191,7 @@ class ParameterServer:
         key = (worker, slot, layer)
         views = self._slots.get(key)
         if views is None:
-            views = self._slots[key] = self.transport.gradient(worker, slot, layer, None)
+            views = self._slots[key] = self.transport.gradient(worker, slot, layer)
         return views
 
     def _apply_layer(self, layer, grad, bias_grad, version, lr):
@@ -199,37 +201,38 @@ class ParameterServer:
         cfg = self.config
         state = self._state(layer)
         old_keys = self.history[layer].get(version)
-        lr = lr * self.rates.factor(state["nnz"], self.transport.sizes[layer + 1], layer == self.transport.n_layers - 1)
+        lr = self.rates.layer_lr(lr, layer, self.transport.sizes, state.nnz)
         with self.transport.lock(layer):
             held = time.perf_counter()
             if version == self.versions[layer]:
-                apply_gradient(state["data"], state["velocity"], grad[:state["nnz"]], lr=lr,
+                apply_gradient(state.data, state.velocity, grad[:state.nnz], lr=lr,
                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             elif old_keys is not None:
-                apply_gradient(state["data"], state["velocity"], grad[:old_keys.shape[0]], lr=lr,
+                apply_gradient(state.data, state.velocity, grad[:old_keys.shape[0]], lr=lr,
                                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                where=self._where(layer, version))
             # Biases do not change with the topology: always applied (no weight decay).
-            momentum_step(state["bias"], bias_grad, state["bias_velocity"], lr=lr, momentum=cfg.momentum)
+            momentum_step(state.bias, bias_grad, state.bias_velocity, lr=lr, momentum=cfg.momentum)
             self.stats.lock_hold_seconds += time.perf_counter() - held
             self.stats.lock_holds += 1
         return old_keys is not None
 
-    def apply(self, worker, slot, versions, applied=None):
-        """Apply the gradient in ``worker``'s ``slot``, computed on ``versions`` (one per layer).
+    def apply(self, gradient: GradientPushed) -> None:
+        """Apply the layers of a pushed gradient that its worker did not apply itself.
 
-        Layers flagged in ``applied`` were applied by the worker already
+        Layers flagged in ``gradient.applied`` were applied by the worker already
         (:meth:`~.transport.WorkerTransport.apply_gradient`: their version had
         not changed); the rest, stale ones, are remapped here.
         """
         started = time.perf_counter()
         lr = self.optimizer.lr_at(self.stats.updates)
         stale = dropped = False
+        versions = gradient.versions
         for l in range(self.n_layers):
-            if applied is not None and applied[l]:
+            if gradient.applied[l]:
                 self.stats.worker_applied += 1
                 continue
-            grad, bias_grad = self._slot(worker, slot, l)
+            grad, bias_grad = self._slot(gradient.worker, gradient.slot, l)
             stale |= versions[l] != self.versions[l]
             dropped |= not self._apply_layer(l, grad, bias_grad, versions[l], lr)
         self.stats.updates += 1
@@ -238,54 +241,54 @@ class ParameterServer:
         self.stats.dropped += dropped
         self.stats.apply_seconds += time.perf_counter() - started
 
-    def count_self_applied(self, steps):
+    def count_self_applied(self, steps: int) -> None:
         """Count ``steps`` gradients that their workers applied to every layer themselves."""
         self.stats.updates += steps
         self.stats.gradients += steps
         self.stats.worker_applied += steps * self.n_layers
 
-    def apply_average(self, messages):
-        """Synchronous step: average the gradients of ``messages`` (all on the current versions), apply once.
+    def apply_average(self, gradients: "list[GradientPushed]") -> None:
+        """Synchronous step: average ``gradients`` (one per worker, all on the current versions), apply once.
 
         Parameters
         ----------
-        messages : list of (worker, slot, versions, n_samples)
+        gradients : list of GradientPushed
+            In worker order: the sum's order, so that a run repeats exactly.
         """
         started = time.perf_counter()
         lr = self.optimizer.lr_at(self.stats.updates)
-        total = sum(m[3] for m in messages)
+        total = sum(m.n_samples for m in gradients)
         for l in range(self.n_layers):
-            if any(m[2][l] != self.versions[l] for m in messages):
+            if any(m.versions[l] != self.versions[l] for m in gradients):
                 raise RuntimeError("a synchronous gradient was computed on an outdated topology")
             nnz = self.history[l][self.versions[l]].shape[0]
-            if len(messages) == 1:
-                grad, bias_grad = self._slot(messages[0][0], messages[0][1], l)
+            if len(gradients) == 1:
+                grad, bias_grad = self._slot(gradients[0].worker, gradients[0].slot, l)
             else:
                 # The mean over all K * B samples: each worker's mean weighted by its batch size.
                 grad = np.zeros(nnz, dtype=np.float32)
                 bias_grad = np.zeros(self.transport.sizes[l + 1], dtype=np.float32)
-                for worker, slot, _, n in messages:
-                    g, bg = self._slot(worker, slot, l)
-                    weight = np.float32(n / total)
+                for m in gradients:
+                    g, bg = self._slot(m.worker, m.slot, l)
+                    weight = np.float32(m.n_samples / total)
                     grad += weight * g[:nnz]
                     bias_grad += weight * bg
             self._apply_layer(l, grad, bias_grad, self.versions[l], lr)
         self.stats.updates += 1
-        self.stats.gradients += len(messages)
+        self.stats.gradients += len(gradients)
         self.stats.apply_seconds += time.perf_counter() - started
 
-    def nnz_per_layer(self):
+    def nnz_per_layer(self) -> "list[int]":
         """nnz of each served layer (of the current version)."""
         return [int(self.history[l][self.versions[l]].shape[0]) for l in range(self.n_layers)]
 
     # -- phase one: topology ------------------------------------------------------------------------------
 
-    def importance_pruning_due(self, epoch):
-        """Whether Importance Pruning runs after ``epoch`` (as in the sequential trainer)."""
-        cfg = self.config
-        return cfg.importance_pruning and epoch >= cfg.ip_start and epoch % cfg.ip_every == 0
+    def importance_pruning_due(self, epoch: int) -> bool:
+        """Whether Importance Pruning runs after ``epoch`` (:func:`wasap.topology.importance_pruning_due`)."""
+        return topology.importance_pruning_due(self.config, epoch)
 
-    def end_of_epoch(self, epoch, snapshot):
+    def end_of_epoch(self, epoch: int, snapshot: SparseMLP) -> None:
         """Importance Pruning when due, then SET, on a copy of ``snapshot``; serve the result as a new version.
 
         Parameters
@@ -311,7 +314,7 @@ class ParameterServer:
         self.stats.evolve_seconds += time.perf_counter() - started
 
 
-def average_replicas(replicas, targets):
+def average_replicas(replicas: "list[list[SparseLayer]]", targets: "list[int]") -> "list[SparseLayer]":
     """Average replicas over the union of their topologies, then keep the largest weights per layer.
 
     A connection missing from a replica counts as 0 (paper eq. 2); then each
@@ -342,7 +345,7 @@ def average_replicas(replicas, targets):
     return layers
 
 
-def averaged_model(replicas, targets, template):
+def averaged_model(replicas: "list[list[SparseLayer]]", targets: "list[int]", template: SparseMLP) -> SparseMLP:
     """A :class:`SparseMLP` of :func:`average_replicas`, with ``template``'s activations and loss."""
     return SparseMLP(average_replicas(replicas, targets), activation=template.activation, alpha=template.alpha,
                      output_activation=template.output_activation, loss=template.loss)

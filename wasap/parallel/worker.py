@@ -11,20 +11,19 @@ Phase one (Algorithm 1, lines 2-10), one step:
    (:meth:`wasap.model.SparseMLP.gradient_batch`) straight into the slot;
 4. asynchronous variant: apply it to the served layers whose topology has not
    changed since the pull, under each layer's lock, with the server's rule
-   (:meth:`~.transport.WorkerTransport.apply_gradient`): every update through
-   the server's one core would cap phase one at about a dozen workers, and on
-   two cores the server's share alone kept each worker below 90% busy;
+   (:meth:`~.transport.WorkerTransport.apply_gradient`): the server is one
+   process, and every update going through it would limit how many workers
+   phase one can keep busy;
 5. when every layer was applied, give the slot back at once and report the
-   step to the server with up to 7 others in one message (``APPLIED``: the
-   server only counts them); otherwise push ``(worker, slot, versions, loss,
-   ..., applied)``: the server remaps and applies the layers the worker could
-   not (a topology changed in between). The server counts the updates and,
-   once per epoch's worth of samples, evolves.
+   step to the server with up to 7 others in one message
+   (:class:`~.messages.StepsApplied`: the server only counts them); otherwise
+   send :class:`~.messages.GradientPushed`: the server remaps and applies the
+   layers the worker could not (a topology changed in between). The server
+   counts the updates and, once per epoch's worth of samples, evolves.
 
 The worker walks its partition (rows ``w, w + K, w + 2K, ...`` of the training
 data, one contiguous block of the shared copy, never copied again) in a fresh
-random order each local epoch: its own
-generator in the asynchronous variant, the server's in the synchronous one
+random order each local epoch: its own generator in the asynchronous variant, the server's in the synchronous one
 (which reproduces the sequential trainer's draws for one worker). Batch ``i``
 of worker ``w`` drops out with ``stream_seed(seed, i * K + w)``, the sequential
 trainer's ``stream_seed(seed, step)`` when K = 1.
@@ -32,30 +31,47 @@ trainer's ``stream_seed(seed, step)`` when K = 1.
 Phase two (lines 24-33): the worker trains a private copy of the served model
 with a :class:`wasap.train.SequentialTrainer` seeded per worker, on its
 partition, with its own SET evolution, and publishes the replica after every
-local epoch (before evolving) for the server to average.
+local epoch (before evolving) for the server to average
+(:class:`~.messages.ReplicaPublished`).
 
 Liveness: the worker beats (:meth:`~.transport.WorkerTransport.beat`) whenever
 it moves on, saying what it does next, so that the server can tell a stalled
 worker from a busy one; every wait is in steps of :data:`~.transport.WORKER_POLL`
 seconds, and a STOP or a server gone ends the worker (:class:`~.transport.Stopped`).
 """
-
 import math
 import signal
-from dataclasses import dataclass
 import time
 import traceback
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-from .. import kernels
-from ..kernels import gather_transposed
-from ..model import stream_seed
+from ..batches import gather_transposed
+from ..config import TrainConfig
+from ..model import REPLICA_STREAM, TRAINER_STREAM, stream_seed
 from ..profiling import TimeAccount
+from ..threads import set_threads
 from ..train import SequentialTrainer, TrainingDiverged
+from .messages import Activity, Command, Failed, GradientPushed, ReplicaPublished, StepsApplied
 from .server import warm_up_update_kernels
-from .transport import (COMPUTING, DONE, EVOLVING_REPLICA, FAILED, PHASE_TWO, RUN, STOP, TRAINING_REPLICA, WAIT,
-                        WAITING_FOR_STOP, WAITING_TO_START, WORKER_POLL, SharedMemoryWorkerTransport, Stopped)
+from .transport import WORKER_POLL, Stopped, WorkerTransport
+
+
+@dataclass(frozen=True)
+class WorkerStart:
+    """Where a worker's phase one begins: batch ``step`` (its dropout seeds), at ``position`` of its current order.
+
+    A fresh run starts at step 0 with a fresh order. A resumed synchronous run
+    starts where the checkpoint's workers were: their step count and how far
+    into the order (which the server writes again) they had got. ``salt`` keeps a
+    resumed asynchronous run from drawing the orders it drew before.
+    """
+
+    step: int = 0
+    position: int = 0
+    salt: tuple = ()
 
 
 def worker_main(handle, worker, n_workers, config, threads, first_phase2_epoch, start=None):
@@ -63,8 +79,26 @@ def worker_main(handle, worker, n_workers, config, threads, first_phase2_epoch, 
 
     Parameters
     ----------
-    handle : dict
-        :meth:`wasap.parallel.transport.SharedMemoryTransport.worker_handle`.
+    handle : object
+        Its ``connect()`` returns this worker's :class:`~.transport.WorkerTransport`
+        (:meth:`wasap.parallel.shm_transport.SharedMemoryTransport.worker_handle`).
+    worker, n_workers, config, threads, first_phase2_epoch, start
+        As :func:`run_worker`'s.
+    """
+    # Ctrl-C in a terminal reaches the whole process group; the main process
+    # decides what happens (stop, keep the model) and tells the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run_worker(handle.connect(), worker, n_workers, config, threads, first_phase2_epoch, start)
+
+
+def run_worker(transport: WorkerTransport, worker: int, n_workers: int, config: TrainConfig, threads: int,
+               first_phase2_epoch: Optional[int], start: Optional[WorkerStart] = None) -> None:
+    """One worker's whole run over ``transport``: get ready, then follow the server's command word.
+
+    Parameters
+    ----------
+    transport : WorkerTransport
+        Closed on return.
     worker, n_workers : int
     config : wasap.config.TrainConfig
     threads : int
@@ -74,26 +108,21 @@ def worker_main(handle, worker, n_workers, config, threads, first_phase2_epoch, 
     start : WorkerStart, optional
         Where a resumed run's phase one goes on from; None: the beginning.
     """
-    # Ctrl-C in a terminal reaches the whole process group; the main process
-    # decides what happens (stop, keep the model) and tells the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    transport = SharedMemoryWorkerTransport(handle)
     try:
-        kernels.set_threads(threads)
+        set_threads(threads)
         model = transport.read_model()
         _warm_up(model, config.batch_size, transport.partition()[0])
         account = TimeAccount(transport.time_table())
         transport.account = account
         transport.ready()
         _run(transport, account, model, worker, n_workers, config, first_phase2_epoch, start or WorkerStart())
-        transport.send((DONE, worker))
     except Stopped:
         pass  # told to stop while waiting, or the server is gone: nothing left to report
     except BaseException:
         if transport.server_gone():
             return  # no one to report to, and the run is over
         try:
-            transport.send((FAILED, worker, traceback.format_exc()))
+            transport.send(Failed(worker, traceback.format_exc()))
         except Exception:
             pass
         raise
@@ -122,16 +151,16 @@ def _run(transport, account, model, worker, n_workers, config, first_phase2_epoc
     """Follow the command word: wait, phase one, phase two, stop."""
     while True:
         command = transport.command()
-        if command == STOP:
+        if command == Command.STOP:
             return
-        if command == WAIT:
+        if command == Command.WAIT:
             # Every worker starts at once (the synchronous variant needs all K anyway).
             time.sleep(0.01)
-            transport.beat(WAITING_TO_START)
+            transport.beat(Activity.WAITING_TO_START)
             account.charge("slot_wait")
-        elif command == RUN:
+        elif command == Command.RUN:
             _phase_one(transport, account, model, worker, n_workers, config, start)
-        elif command == PHASE_TWO:
+        elif command == Command.PHASE_TWO:
             _phase_two(transport, account, worker, n_workers, config, first_phase2_epoch)
             return
 
@@ -140,16 +169,18 @@ def _phase_one(transport, account, model, worker, n_workers, config, start):
     """Gradients until the command word leaves RUN (see the module docstring)."""
     X, y = transport.partition()
     n_rows = X.shape[0]
+    n_layers = len(model.layers)
     regression = model.loss != "cross-entropy"
+    rates = config.layer_rates()
     # A resumed asynchronous run draws orders it has not drawn before (it does not repeat exactly anyway).
-    rng = np.random.default_rng(stream_seed(config.seed, 0x5E7, 1 + worker, *start.salt))
-    versions = [-1] * len(model.layers)  # forces the first pull to take the structure
-    n_slots = transport.slot_count
+    rng = np.random.default_rng(stream_seed(config.seed, TRAINER_STREAM, 1 + worker, *start.salt))
+    versions = [-1] * n_layers  # forces the first pull to take the structure
+    n_slots = transport.n_slots
     # Self-applied gradients are reported in groups of up to 8 (one server wake-up instead of 8), but
     # never more than 1/16 of the partition, so that the server's epoch count lags by at most 1/16 of
     # an epoch whatever K.
     report_every = max(1, min(8, n_rows // (16 * config.batch_size)))
-    pending = _PendingReport()
+    pending = _PendingReport(worker)
     step = start.step
     position = start.position if 0 < start.position < n_rows else n_rows  # n_rows: draw a fresh order
     # Inside an order (a resumed synchronous run): the server has written that order again.
@@ -158,21 +189,21 @@ def _phase_one(transport, account, model, worker, n_workers, config, start):
     while True:
         if not transport.acquire_slot(WORKER_POLL):
             account.charge("slot_wait")
-            if transport.command() != RUN:
+            if transport.command() != Command.RUN:
                 return
             continue
         account.charge("slot_wait")
-        if transport.command() != RUN:
+        if transport.command() != Command.RUN:
             return
         if position >= n_rows:
             order = transport.order(n_rows) if config.sync else rng.permutation(n_rows)
             position = 0
         versions = transport.pull_weights(model, versions)
-        transport.beat(COMPUTING)
+        transport.beat(Activity.COMPUTING)
         batch_rows = order[position:position + config.batch_size]
         position += batch_rows.shape[0]
         # Into the workspace's 64-byte aligned buffer, as the sequential trainer does (the kernels'
-        # vector loads are 20-35% slower across cache lines).
+        # vector loads are slower across cache lines).
         x_t = gather_transposed(X, batch_rows, model.workspace(batch_rows.shape[0], training=True).x_t)
         target = np.ascontiguousarray(y[batch_rows].T, dtype=np.float32) if regression else y[batch_rows]
         account.charge("data")
@@ -182,44 +213,37 @@ def _phase_one(transport, account, model, worker, n_workers, config, start):
                                                dropout_seed=stream_seed(config.seed, step * n_workers + worker))
         account.charge("compute")
         if config.sync:
-            applied = (False,) * len(versions)  # the server applies the average of the K gradients
-        elif transport.command() != RUN:
+            applied = (False,) * n_layers  # the server applies the average of the K gradients
+        elif transport.command() != Command.RUN:
             return  # phase one is over: this step comes too late to count
         else:
-            applied = transport.apply_gradient(slot, versions, lr=config.lr, momentum=config.momentum,
-                                               weight_decay=config.weight_decay, rates=config.layer_rates())
+            # The pulled layers have the structure of ``versions``: their nnz are the served ones.
+            lrs = [rates.layer_lr(config.lr, l, model.sizes, layer.nnz) for l, layer in enumerate(model.layers)]
+            applied = transport.apply_gradient(slot, versions, lrs, momentum=config.momentum,
+                                               weight_decay=config.weight_decay)
+        n_samples = batch_rows.shape[0]
         if all(applied):
             transport.release_own_slot()
-            pending.add(loss, n_correct, batch_rows.shape[0])
+            pending.add(loss, n_correct, n_samples)
             if pending.steps >= report_every:
                 pending.flush(transport)
         else:
             pending.flush(transport)
-            transport.push_gradient(slot, versions, loss, n_correct, batch_rows.shape[0], applied)
+            transport.send(GradientPushed(worker, slot, tuple(versions), float(loss), int(n_correct), int(n_samples),
+                                          tuple(bool(a) for a in applied)))
         account.count()
         step += 1
         account.charge("other")
 
 
-@dataclass(frozen=True)
-class WorkerStart:
-    """Where a worker's phase one begins: batch ``step`` (its dropout seeds), at ``position`` of its current order.
-
-    A fresh run starts at step 0 with a fresh order. A resumed synchronous run
-    starts where the checkpoint's workers were: their step count and how far
-    into the order (which the server writes again) they had got. ``salt`` keeps a
-    resumed asynchronous run from drawing the orders it drew before.
-    """
-
-    step: int = 0
-    position: int = 0
-    salt: tuple = ()
-
-
 class _PendingReport:
     """Self-applied gradients not yet reported to the server: their count, summed loss and samples."""
 
-    def __init__(self):
+    def __init__(self, worker):
+        self.worker = worker
+        self._clear()
+
+    def _clear(self):
         self.steps = self.n_correct = self.n_samples = 0
         self.loss_sum = 0.0
 
@@ -231,8 +255,9 @@ class _PendingReport:
 
     def flush(self, transport):
         if self.steps:
-            transport.report_applied(self.steps, self.loss_sum, self.n_correct, self.n_samples)
-            self.__init__()
+            transport.send(StepsApplied(self.worker, int(self.steps), float(self.loss_sum), int(self.n_correct),
+                                        int(self.n_samples)))
+            self._clear()
 
 
 def _phase_two(transport, account, worker, n_workers, config, first_epoch):
@@ -241,18 +266,18 @@ def _phase_two(transport, account, worker, n_workers, config, first_epoch):
     # Views of the shared block: the partition is never copied.
     X_part, y_part = transport.partition()
     replica = transport.read_model()
-    trainer = SequentialTrainer(replica, config.replace(seed=stream_seed(config.seed, 0x2EA1, worker)))
+    trainer = SequentialTrainer(replica, config.replace(seed=stream_seed(config.seed, REPLICA_STREAM, worker)))
     account.charge("data")
 
     def after_batch(_samples):
         # Called after every batch: a heartbeat, and a STOP (Ctrl-C, a failed worker) ends a long local
         # epoch at once.
-        transport.beat(TRAINING_REPLICA, epoch)
-        if transport.command() == STOP:
+        transport.beat(Activity.TRAINING_REPLICA, epoch)
+        if transport.command() == Command.STOP:
             raise Stopped
 
     for epoch in range(first_epoch, config.epochs + 1):
-        transport.beat(TRAINING_REPLICA, epoch)
+        transport.beat(Activity.TRAINING_REPLICA, epoch)
         try:
             loss, accuracy = trainer.train_epoch(X_part, y_part, progress=after_batch)
         except TrainingDiverged:
@@ -260,18 +285,23 @@ def _phase_two(transport, account, worker, n_workers, config, first_epoch):
         account.charge("compute")
         n = X_part.shape[0]
         n_correct = 0 if math.isnan(accuracy) else int(round(accuracy * n))
-        while not transport.publish_replica(replica, epoch, loss, n_correct, n, WORKER_POLL):
-            if transport.command() == STOP:
+        while True:
+            transport.beat(Activity.PUBLISHING, epoch)  # also while the server has not gathered the last one
+            if transport.publish_replica(replica, WORKER_POLL):
+                break
+            if transport.command() == Command.STOP:
                 return
+        transport.send(ReplicaPublished(worker, int(epoch), float(loss), int(n_correct), int(n)))
+        account.charge("data")
         account.count()
-        if not math.isfinite(loss) or transport.command() == STOP:
+        if not math.isfinite(loss) or transport.command() == Command.STOP:
             return
-        transport.beat(EVOLVING_REPLICA)
+        transport.beat(Activity.EVOLVING_REPLICA)
         trainer.end_of_epoch(epoch, last=epoch == config.epochs)
         account.charge("compute")
     # Stay until the server has gathered the last replica and says STOP: a worker
     # that ended first would look like one that failed.
-    while transport.command() != STOP:
-        transport.beat(WAITING_FOR_STOP)
+    while transport.command() != Command.STOP:
+        transport.beat(Activity.WAITING_FOR_STOP)
         time.sleep(WORKER_POLL)
     account.charge("slot_wait")

@@ -1,8 +1,10 @@
-"""WASAP-SGD's two phases around a run: :func:`fit_parallel`.
+"""The WASAP-SGD trainer: :func:`fit_parallel`, the server's side of a run and its two phases.
 
 The main process is the parameter server. It puts the model and the training
-data in shared memory (:class:`~.transport.SharedMemoryTransport`), starts K
-worker processes (:mod:`.worker`) with an explicit start method, and then:
+data in shared memory (:class:`~.shm_transport.SharedMemoryTransport`), starts K
+worker processes (:mod:`.worker`) with an explicit start method, and then talks
+to them only through the :class:`~.transport.ServerTransport` interface and the
+messages of :mod:`.messages`:
 
 - phase one, epochs ``1 .. phase2_start - 1``: counts the gradients as they come and
   applies those the workers could not (:class:`~.server.ParameterServer`; asynchronous
@@ -61,20 +63,23 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import kernels
-from ..kernels import available_cores
-from ..profiling import CpuSampler, build_profile, format_profile_table, write_profile
 from ..checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer
+from ..config import TrainConfig
+from ..model import SparseMLP
+from ..profiling import CpuSampler, build_profile, format_profile_table, write_profile
 from ..records import RunRecorder, run_facts
 from ..signals import StopSignals, describe_stop
 from ..signals import stop_reason as stop_reason_of
+from ..threads import available_cores, get_threads, set_threads
 from ..train import TrainingDiverged, check_data
+from .messages import Command, Failed, GradientPushed, Ready, ReplicaPublished, StepsApplied
 from .server import ParameterServer, averaged_model
-from .transport import (APPLIED, FAILED, GRADIENT, PHASE_TWO, READY, REPLICA, RUN, STOP, SharedMemoryTransport,
-                        WorkerFailed, WorkerStalled)
+from .shm_transport import SharedMemoryTransport
+from .transport import WorkerFailed, WorkerStalled
 from .worker import WorkerStart, worker_main
 
 #: Worker start methods allowed: never "fork" (numba's threads and locks are not fork-safe).
@@ -83,8 +88,8 @@ _RECEIVE_TIMEOUT = 0.2
 _STARTUP_TIMEOUT = 300.0
 
 
-def resolve_workers(workers):
-    """Number of workers: an int >= 1, or ``"auto"`` for :func:`available_cores`."""
+def resolve_workers(workers: Union[int, str]) -> int:
+    """Number of workers: an int >= 1, or ``"auto"`` for :func:`wasap.threads.available_cores`."""
     if workers == "auto":
         return available_cores()
     workers = int(workers)
@@ -93,9 +98,11 @@ def resolve_workers(workers):
     return workers
 
 
-def fit_parallel(model, data, config, *, out_dir=None, progress=None, log=print, overwrite=False,
-                 init_seconds=None, start_method="spawn", n_slots=2, profile_interval=0.5, resume=None,
-                 checkpoint_every=DEFAULT_EVERY, command_line=None):
+def fit_parallel(model: SparseMLP, data, config: TrainConfig, *, out_dir: Optional[str] = None,
+                 progress: Optional[bool] = None, log: Optional[Callable[[str], None]] = print,
+                 overwrite: bool = False, init_seconds: Optional[float] = None, start_method: str = "spawn",
+                 n_slots: int = 2, profile_interval: float = 0.5, resume: Optional[dict] = None,
+                 checkpoint_every: float = DEFAULT_EVERY, command_line: Optional[Sequence[str]] = None) -> dict:
     """Train ``model`` with WASAP-SGD (or WASSP-SGD when ``config.sync``) and record the run.
 
     Parameters
@@ -110,7 +117,9 @@ def fit_parallel(model, data, config, *, out_dir=None, progress=None, log=print,
     out_dir : str, optional
         Receives metrics.jsonl, summary.json, model.npz and profile.json.
     progress : bool, optional
-        Accepted for :func:`wasap.train.fit`'s signature; per-epoch lines go to ``log``.
+        Ignored: the parallel trainer draws no progress bars (its per-epoch lines go to ``log``). Accepted so
+        that :func:`wasap.train.fit` and this function take the same keyword arguments (:mod:`wasap.run`
+        and the estimators call either).
     log : callable
         Receives one line per event (None: silent).
     overwrite : bool
@@ -143,7 +152,8 @@ def fit_parallel(model, data, config, *, out_dir=None, progress=None, log=print,
     wasap.data.DataError
         Before anything starts, for data :func:`wasap.train.fit` refuses too (:func:`wasap.train.check_data`).
     WorkerFailed
-        After writing the outputs, when a worker process died, or stalled (:class:`~.transport.WorkerStalled`).
+        After writing the outputs, when a worker process died, or stalled (:class:`~.transport.WorkerStalled`);
+        its ``summary`` attribute holds the run's summary.
     SharedMemoryFull
         When /dev/shm cannot hold the run.
     """
@@ -188,8 +198,9 @@ class _ParallelRun:
         start = config.phase2_start
         self.phase2 = start is not None and start <= config.epochs
         self.phase1_epochs = (max(0, start - 1) if self.phase2 else config.epochs)
-        # Each worker's share of the cores, and no more threads than asked: numba's threads slow down
-        # many-fold when another process competes for their cores (design notes, section 5).
+        # Each worker's share of the cores, and no more threads than asked: numba's threads wait for each
+        # other at every parallel loop, so threads that compete with another process for a core slow down
+        # every kernel of their worker.
         self.threads = max(1, min(available_cores() // n_workers, config.threads or 1))
         self.checkpoints = checkpoints
         self.command_line = command_line
@@ -216,30 +227,22 @@ class _ParallelRun:
         cfg = self.config
         stop_reason = "completed"
         failure = None
-        previous_threads = kernels.get_threads()
+        previous_threads = get_threads()
         # The server's own kernels (evaluation) stay on one thread: the cores belong to the workers.
-        kernels.set_threads(1)
+        set_threads(1)
         context = multiprocessing.get_context(self.start_method)
         sampler = None
         # numba's thread count is per thread: the evaluation thread must be limited too, or each
-        # evaluation runs an OpenMP team whose spinning takes a third of a core from the workers.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasap-eval", initializer=kernels.set_threads,
+        # evaluation runs an OpenMP team whose spinning takes CPU from the workers.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasap-eval", initializer=set_threads,
                                       initargs=(1,))
         try:
-            y = np.asarray(self.data.y_train)
-            self.transport = SharedMemoryTransport(
-                self.model, np.asarray(self.data.X_train, dtype=np.float32), y, n_workers=self.n_workers,
-                n_slots=self.n_slots, partitions=self.partitions, replicas=self.phase2, context=context,
-                stall_timeout=cfg.stall_timeout)
+            self.transport = self._shared_memory_transport(context)
             self.executor = executor
-            swept = self.transport.blocks.swept
-            if swept:
-                self.log(f"Removed {len(swept)} shared-memory segment(s) left in /dev/shm by runs that died "
-                         f"({sum(size for _, size in swept) / (1 << 20):.1f} MiB).")
             self.log(f"WASAP-SGD: {self.n_workers} worker(s) ({'synchronous' if cfg.sync else 'asynchronous'} "
                      f"phase one{', phase two from epoch ' + str(cfg.phase2_start) if self.phase2 else ''}), "
                      f"{self.threads} thread(s) each, start method {self.start_method}, shared memory "
-                     f"{self.transport.blocks.nbytes / (1 << 20):.1f} MiB")
+                     f"{self.transport.nbytes / (1 << 20):.1f} MiB")
             worker_config = cfg.replace(workers=self.n_workers)
             self.transport.start_workers(
                 worker_main, [(w, self.n_workers, worker_config, self.threads, self._first_phase2_epoch(),
@@ -296,6 +299,19 @@ class _ParallelRun:
             raise failure
         return summary
 
+    def _shared_memory_transport(self, context):
+        """The run's transport: the model and the training data in shared blocks (the only place that
+        knows which transport the run uses)."""
+        transport = SharedMemoryTransport(
+            self.model, np.asarray(self.data.X_train, dtype=np.float32), np.asarray(self.data.y_train),
+            n_workers=self.n_workers, n_slots=self.n_slots, partitions=self.partitions, replicas=self.phase2,
+            context=context, stall_timeout=self.config.stall_timeout)
+        swept = transport.blocks.swept
+        if swept:
+            self.log(f"Removed {len(swept)} shared-memory segment(s) left in /dev/shm by runs that died "
+                     f"({sum(size for _, size in swept) / (1 << 20):.1f} MiB).")
+        return transport
+
     def _release(self, executor, sampler, previous_threads):
         """Stop the sampler, the evaluation thread and the workers; unlink every shared block."""
         try:
@@ -306,7 +322,7 @@ class _ParallelRun:
             if self.transport is not None:
                 self.transport.shutdown()
                 self.transport.close()
-            kernels.set_threads(previous_threads)
+            set_threads(previous_threads)
 
     def _wait_ready(self):
         ready = set()
@@ -321,8 +337,8 @@ class _ParallelRun:
                     f"{error} It failed while starting: with the {self.start_method!r} start method a worker "
                     "re-imports the main script, so run it from a file whose training code sits under "
                     "`if __name__ == '__main__':` (not from stdin or an interactive -c string).") from None
-            if message is not None and message[0] == READY:
-                ready.add(message[1])
+            if isinstance(message, Ready):
+                ready.add(message.worker)
             if time.monotonic() > deadline:
                 raise WorkerFailed(f"workers {sorted(set(range(self.n_workers)) - ready)} did not start within "
                                    f"{_STARTUP_TIMEOUT:.0f}s.")
@@ -338,10 +354,8 @@ class _ParallelRun:
             self._last_check = now
             self.transport.check_workers()
             self._collect()
-        if message is None:
-            return None
-        if message[0] == FAILED:
-            raise WorkerFailed(f"worker {message[1]} raised an error:\n{message[2]}")
+        if isinstance(message, Failed):
+            raise WorkerFailed(f"worker {message.worker} raised an error:\n{message.traceback}")
         return message
 
     # -- phase one -------------------------------------------------------------------------------------
@@ -371,7 +385,7 @@ class _ParallelRun:
                     self._draw_order(w, from_state=resume["order_states"][w])
         if resume is None and self.checkpoints is not None and epoch <= self.phase1_epochs:
             self._checkpoint_phase_one(consumed, total)
-        transport.set_command(RUN)
+        transport.set_command(Command.RUN)
         waiting = {}
         loss_sum = correct = seen = 0.0
         started = epoch_started = time.perf_counter()
@@ -380,37 +394,37 @@ class _ParallelRun:
         try:
             while epoch <= self.phase1_epochs:
                 message = self._receive()
-                if message is None or message[0] not in (GRADIENT, APPLIED):
-                    continue
-                if message[0] == APPLIED:  # a group of gradients their workers applied to every layer
-                    _, w, steps, batch_loss_sum, n_correct, n = message
+                if isinstance(message, StepsApplied):  # a group of gradients their workers applied to every layer
+                    batch_loss_sum = message.loss_sum
+                elif isinstance(message, GradientPushed):
+                    batch_loss_sum = message.loss * message.n_samples
                 else:
-                    _, w, slot, versions, loss, n_correct, n, applied = message
-                    batch_loss_sum = loss * n
+                    continue
+                n = message.n_samples
                 if not math.isfinite(batch_loss_sum):
                     raise TrainingDiverged(f"the loss became {batch_loss_sum / n} in epoch {epoch}")
                 loss_sum += batch_loss_sum
-                correct += n_correct
+                correct += message.n_correct
                 seen += n
-                if message[0] == APPLIED:
-                    server.count_self_applied(steps)
+                if isinstance(message, StepsApplied):
+                    server.count_self_applied(message.steps)
                     released = []
                     total += n
                 elif cfg.sync:
-                    waiting[w] = (w, slot, versions, n)
+                    waiting[message.worker] = message
                     if len(waiting) < K:
                         continue
                     # In worker order, not arrival order: the average's sum and the server's draws of the
                     # next orders (below) then do not depend on timing, and a run repeats exactly.
                     released = sorted(waiting)
                     server.apply_average([waiting[worker] for worker in released])
-                    for worker, *_, count in waiting.values():
-                        consumed[worker] += count
-                    total += sum(m[3] for m in waiting.values())
+                    for gradient in waiting.values():
+                        consumed[gradient.worker] += gradient.n_samples
+                    total += sum(gradient.n_samples for gradient in waiting.values())
                     waiting.clear()
                 else:
-                    server.apply(w, slot, versions, applied)
-                    released = [w]
+                    server.apply(message)
+                    released = [message.worker]
                     total += n
                 boundary = total >= epoch * self.n_train
                 if boundary:
@@ -444,7 +458,7 @@ class _ParallelRun:
                                         - server.stats.evolve_seconds - self.snapshot_seconds)
             self.server_cpu_seconds = (time.thread_time() - cpu_started - server.stats.evolve_seconds
                                        - self.snapshot_seconds)
-        transport.set_command(PHASE_TWO if self.phase2 else STOP)
+        transport.set_command(Command.PHASE_TWO if self.phase2 else Command.STOP)
 
     def _draw_order(self, worker, from_state=None):
         """Write ``worker``'s next sample order, drawn by the server's generator (or again from ``from_state``)."""
@@ -540,20 +554,19 @@ class _ParallelRun:
         epoch_started = time.perf_counter()
         while epoch <= cfg.epochs:
             message = self._receive()
-            if message is None or message[0] != REPLICA:
+            if not isinstance(message, ReplicaPublished):
                 continue  # late phase-one gradients are dropped
-            _, w, replica_epoch, loss, n_correct, n = message
-            layers = self.transport.gather_replica(w)
-            self.transport.release_replica(w)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"worker {w}'s replica diverged in epoch {replica_epoch}")
-            received.setdefault(replica_epoch, {})[w] = (layers, loss, n_correct, n)
+            layers = self.transport.gather_replica(message.worker)
+            if not math.isfinite(message.loss):
+                raise TrainingDiverged(f"worker {message.worker}'s replica diverged in epoch {message.epoch}")
+            received.setdefault(message.epoch, {})[message.worker] = (layers, message)
             while len(received.get(epoch, ())) == self.n_workers:
                 group = received.pop(epoch)
                 now = time.perf_counter()
                 train_seconds = now - epoch_started
                 self.training_seconds += train_seconds
                 replicas = [group[w][0] for w in range(self.n_workers)]
+                reports = [report for _, report in group.values()]  # in arrival order, as the sums always were
                 # Importance Pruning in the replicas only shrinks: keep no more than the smallest replica.
                 layer_targets = [min([targets[l]] + [r[l].nnz for r in replicas]) for l in range(len(targets))]
                 average = averaged_model(replicas, layer_targets, self.model)
@@ -562,9 +575,9 @@ class _ParallelRun:
                                                                            self.data.y_test)
                 if not finite:
                     raise TrainingDiverged(f"the averaged weights became non-finite in epoch {epoch}")
-                seen = sum(g[3] for g in group.values())
-                fields = dict(epoch=epoch, train_loss=sum(g[1] * g[3] for g in group.values()) / seen,
-                              train_accuracy=self._accuracy(sum(g[2] for g in group.values()), seen),
+                seen = sum(r.n_samples for r in reports)
+                fields = dict(epoch=epoch, train_loss=sum(r.loss * r.n_samples for r in reports) / seen,
+                              train_accuracy=self._accuracy(sum(r.n_correct for r in reports), seen),
                               nnz=average.nnz_per_layer(), train_seconds=train_seconds,
                               evolve_seconds=average_seconds)
                 self._record(fields, test_loss, test_accuracy, eval_seconds)
@@ -574,7 +587,7 @@ class _ParallelRun:
                     self._checkpoint(average, dict(phase=2, targets=targets))
                 epoch += 1
                 epoch_started = time.perf_counter()
-        self.transport.set_command(STOP)
+        self.transport.set_command(Command.STOP)
 
     # -- the end -----------------------------------------------------------------------------------------
 
@@ -593,7 +606,7 @@ class _ParallelRun:
             return self.last_good
         if self.current is not None:
             return self.current
-        if self.transport is not None and not self.transport.blocks._closed:
+        if self.transport is not None:  # shut down, not closed yet: the served model is still there
             return self.transport.read_model()
         return self.last_good
 
@@ -609,7 +622,7 @@ class _ParallelRun:
                 server["cpu_seconds_per_update"] = max(0.0, self.server_cpu_seconds) / server["updates"]
         extra = dict(workers=self.n_workers, sync=self.config.sync, phase2_start=self.config.phase2_start,
                      start_method=self.start_method, threads_per_worker=self.threads, slots=self.n_slots,
-                     shared_bytes=transport.blocks.nbytes if transport is not None else 0, server=server)
+                     shared_bytes=transport.nbytes if transport is not None else 0, server=server)
         return build_profile(sampler, tables, extra=extra)
 
     def _facts(self, profile):
@@ -629,4 +642,4 @@ def _evaluate(model, X, y):
     return loss, accuracy, time.perf_counter() - started, finite
 
 
-__all__ = ["START_METHODS", "WorkerFailed", "WorkerStalled", "available_cores", "fit_parallel", "resolve_workers"]
+__all__ = ["START_METHODS", "WorkerFailed", "WorkerStalled", "fit_parallel", "resolve_workers"]
