@@ -13,7 +13,7 @@ import sys
 import numba
 import pytest
 
-from wasap import kernels, run
+from wasap import run, threads
 from wasap.config import ConfigError, TrainConfig
 from wasap.train import SequentialTrainer, default_threads
 
@@ -23,9 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
 def keep_thread_count():
     """main() sets this process's kernel threads; put them back for the tests that follow."""
-    before = kernels.get_threads()
+    before = threads.get_threads()
     yield
-    kernels.set_threads(before)
+    threads.set_threads(before)
 
 
 def run_main(argv, capsys):
@@ -114,10 +114,10 @@ def affinity():
 
 
 def test_more_threads_than_the_pool_are_capped_with_one_warning_that_never_oversubscribes(monkeypatch):
-    monkeypatch.setattr(kernels, "available_cores", lambda: 4)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
-    with pytest.warns(kernels.ThreadCountWarning) as caught:
-        assert kernels.capped_threads(5, name="--threads") == 1
+    with pytest.warns(threads.ThreadCountWarning) as caught:
+        assert threads.capped_threads(5, name="--threads") == 1
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "--threads 5" in message and "using 1" in message and "NUMBA_NUM_THREADS=1" in message
@@ -127,18 +127,18 @@ def test_more_threads_than_the_pool_are_capped_with_one_warning_that_never_overs
 
 
 def test_more_threads_than_cores_are_capped_to_the_cores(monkeypatch):
-    monkeypatch.setattr(kernels, "available_cores", lambda: 1)
+    monkeypatch.setattr(threads, "available_cores", lambda: 1)
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 4)
-    with pytest.warns(kernels.ThreadCountWarning, match=r"threads=3 .*using 1: this process may run on 1 core"):
-        assert kernels.capped_threads(3) == 1
-    assert kernels.capped_threads(1) == 1  # what fits is kept, silently
+    with pytest.warns(threads.ThreadCountWarning, match=r"threads=3 .*using 1: this process may run on 1 core"):
+        assert threads.capped_threads(3) == 1
+    assert threads.capped_threads(1) == 1  # what fits is kept, silently
 
 
 def test_set_threads_never_asks_numba_for_more_than_it_has():
     limit = min(affinity(), numba.config.NUMBA_NUM_THREADS)
-    assert kernels.set_threads(None) == limit == numba.get_num_threads()
-    with pytest.warns(kernels.ThreadCountWarning):
-        assert kernels.set_threads(limit + 7) == limit
+    assert threads.set_threads(None) == limit == numba.get_num_threads()
+    with pytest.warns(threads.ThreadCountWarning):
+        assert threads.set_threads(limit + 7) == limit
     assert numba.get_num_threads() == limit
 
 
@@ -212,7 +212,7 @@ def test_workers_with_short_shares_of_an_epoch_are_told_to_use_one_process():
 
 
 def test_more_workers_than_cores_or_samples(monkeypatch):
-    monkeypatch.setattr(kernels, "available_cores", lambda: 2)
+    monkeypatch.setattr(run, "available_cores", lambda: 2)
     (problem,) = [p for p in run.plan_problems(config_for(workers=4), n_train=10 ** 6) if "core" in p]
     assert "--workers 4 on 2 core(s)" in problem
     with pytest.raises(ConfigError, match=r"--workers 4 needs at least 4 training samples"):

@@ -1,7 +1,9 @@
-"""TrainConfig: every bad value is refused with a ConfigError naming the parameter; dicts round-trip."""
+"""TrainConfig: every bad value is refused with a ConfigError naming the parameter; frozen; dicts round-trip."""
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from wasap.config import ConfigError, TrainConfig
@@ -57,6 +59,13 @@ BAD = [
     ("zero_output", dict(zero_output="yes")),
     ("output_lr", dict(output_lr=0.0)),
     ("output_lr", dict(output_lr=float("nan"))),
+    ("micro_batch", dict(micro_batch=0)),
+    ("phase2_start", dict(phase2_start=-1)),
+    ("warmup_epochs", dict(warmup_epochs=-1)),
+    ("stall_timeout", dict(stall_timeout=float("inf"))),
+    ("hidden", dict(hidden="400")),
+    ("sync", dict(sync=1)),
+    ("threads", dict(threads=1.5)),
 ]
 
 
@@ -95,7 +104,8 @@ def test_to_dict_from_dict_round_trip():
     config = TrainConfig(hidden=(30, 20, 10), activation="leaky-relu", alpha=0.2, epsilon=5.5, zeta=0.2, epochs=7,
                          batch_size=17, lr=0.03, momentum=0.5, weight_decay=1e-3, dropout=0.1,
                          importance_pruning=True, ip_start=3, ip_every=2, ip_percentile=35.0, seed=11, threads=2,
-                         workers=3, sync=True, phase2_start=4, warmup_epochs=1, extra={"note": "x"})
+                         workers=3, sync=True, phase2_start=4, warmup_epochs=1, micro_batch=5, lr_fan_in=3.0,
+                         output_lr=0.5, zero_output=True, stall_timeout=30.0)
     values = config.to_dict()
     assert values["hidden"] == [30, 20, 10]
     # JSON-ready: survives a trip through text.
@@ -103,6 +113,29 @@ def test_to_dict_from_dict_round_trip():
     assert again == config
     assert again.hidden == (30, 20, 10)
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_dicts_saved_with_the_retired_extra_field_still_load():
+    # Checkpoints, summaries and models written before ``extra`` was removed carry it.
+    saved = dict(TrainConfig(lr=0.05).to_dict(), extra={"note": "x"})
+    assert TrainConfig.from_dict(saved) == TrainConfig(lr=0.05)
+
+
+def test_a_config_cannot_be_changed_in_place():
+    config = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 0.1
+    assert config.lr == 0.01 and hash(config) == hash(TrainConfig())
+
+
+def test_numpy_scalars_are_stored_as_python_numbers():
+    # As a parameter grid hands them over; the config must stay JSON-ready.
+    config = TrainConfig(hidden=np.array([8, 4]), lr=np.float32(0.5), epochs=np.int64(3),
+                         importance_pruning=np.bool_(True))
+    assert config.hidden == (8, 4) and type(config.hidden[0]) is int
+    assert type(config.lr) is float and config.lr == 0.5 and type(config.epochs) is int
+    assert config.importance_pruning is True
+    json.dumps(config.to_dict())
 
 
 def test_width_aware_recipe_scales_the_rates_with_the_output_fan_in():

@@ -52,6 +52,28 @@ def test_explicit_flags_override_the_preset():
     assert config.weight_decay == 1e-4 and config.batch_size == 32
 
 
+def test_every_hyperparameter_flag_reaches_the_config():
+    argv = ["--hidden", "7,5", "--activation", "leaky-relu", "--alpha", "0.2", "--epsilon", "3", "--init", "xavier",
+            "--zeta", "0.1", "--epochs", "4", "--batch-size", "9", "--micro-batch", "3", "--lr", "0.2",
+            "--momentum", "0.5", "--weight-decay", "0.001", "--dropout", "0.1", "--lr-fan-in", "8",
+            "--output-lr", "0.05", "--zero-output", "--importance-pruning", "--ip-start", "2", "--ip-every", "3",
+            "--ip-percentile", "10", "--seed", "5", "--threads", "1", "--workers", "2", "--sync",
+            "--phase2-start", "3", "--warmup-epochs", "2", "--stall-timeout", "30"]
+    config = run.config_from_args(run.build_parser().parse_args(argv))
+    assert config.to_dict() == dict(
+        hidden=[7, 5], activation="leaky-relu", alpha=0.2, epsilon=3.0, init="xavier", zeta=0.1, epochs=4,
+        batch_size=9, micro_batch=3, lr=0.2, momentum=0.5, weight_decay=0.001, dropout=0.1, lr_fan_in=8.0,
+        output_lr=0.05, zero_output=True, importance_pruning=True, ip_start=2, ip_every=3, ip_percentile=10.0,
+        seed=5, threads=1, workers=2, sync=True, phase2_start=3, warmup_epochs=2, stall_timeout=30.0,
+        output_activation="softmax", loss="cross-entropy")
+
+
+def test_help_says_what_data_without_a_preset_gets():
+    text = " ".join(run.build_parser().format_help().split())
+    assert "for data without a preset (a PATH) it takes TrainConfig's default, as the Python API does" in text
+    assert "--lr LR learning rate of momentum SGD (default: the data set's preset, else 0.01)" in text
+
+
 def test_width_aware_recipe_replaces_the_preset_but_not_explicit_flags():
     # Madelon's preset says weight decay 6e-3 and the defaults say dropout 0.3 and all-relu: the recipe
     # replaces them; --lr given on the command line stays. 400 x 2 at epsilon 10 is dense: n = 400.

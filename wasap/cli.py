@@ -7,6 +7,7 @@
 import argparse
 import functools
 import sys
+from typing import Sequence
 
 from . import __version__, predict, run
 
@@ -19,7 +20,7 @@ COMMANDS = {
 }
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: the subcommands' list, ``--help`` and ``--version``."""
     parser = argparse.ArgumentParser(
         prog="wasap",
@@ -33,7 +34,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] = None) -> int:
     """Run the ``wasap`` command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:

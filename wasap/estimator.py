@@ -3,7 +3,8 @@
 They follow :class:`sklearn.neural_network.MLPClassifier`'s conventions (fit,
 partial_fit, predict, predict_proba, score, warm_start, ``classes_``,
 ``n_iter_``, ``loss_curve_``), but name their hyperparameters like the command
-line (``python -m wasap.run``), so that a setting means the same in both:
+line (``python -m wasap.run``): both are made from the declarations of
+:mod:`wasap.config`, so that a setting means the same in both. So:
 
 - ``alpha`` is the **All-ReLU slope** (paper eq. 3), not an L2 penalty as in
   MLPClassifier; L2 regularisation is ``weight_decay``.
@@ -22,20 +23,31 @@ import re
 import warnings
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
-from . import kernels
-from .config import TrainConfig
+from .config import HYPERPARAMETERS, TrainConfig, fill_parameters_doc, numpydoc_parameters, value_text
 from .data import Dataset, encode_labels, validate_features, validate_training_data
 from .model import SparseMLP
 from .signals import EXIT_STATUS
+from .threads import set_threads
 from .train import SequentialTrainer, TrainingDiverged, default_threads, fit
 
 __all__ = ["SparseMLPClassifier", "SparseMLPRegressor"]
+
+#: The classifier's defaults: TrainConfig's.
+_CLASSIFIER = TrainConfig()
+#: The regressor's defaults where they differ from TrainConfig's (SparseMLPRegressor's docstring says why).
+REGRESSOR_DEFAULTS = dict(activation="relu", dropout=0.0, batch_size=32, zero_output=True)
+_REGRESSOR = TrainConfig(output_activation="identity", loss="mse", **REGRESSOR_DEFAULTS)
+#: The hyperparameters the estimators take under their TrainConfig names and pass on as they are.
+_SHARED = tuple(name for name, spec in HYPERPARAMETERS.items() if spec.estimator is True)
+#: The hyperparameters each estimator class fixes (its output and loss).
+_FIXED = tuple(name for name, spec in HYPERPARAMETERS.items() if not spec.estimator)
 
 # Sparse input is densified (wasap's input layer multiplies dense rows), so any format will do.
 _SPARSE_FORMATS = ("csr", "csc", "coo")
@@ -71,15 +83,20 @@ class _ContinuedTrainer:
 class _BaseSparseMLP(BaseEstimator):
     """What the classifier and the regressor share: configuration, the training loop's plumbing, pickling."""
 
-    _output_activation = None
-    _loss = None
+    #: The defaults of the class's parameters, and the values of the hyperparameters it fixes.
+    _defaults = _CLASSIFIER
 
-    def __init__(self, hidden_layer_sizes=(400, 100, 400), *, activation="all-relu", alpha=0.5, epsilon=20.0,
-                 zeta=0.3, init="he-uniform", epochs=100, batch_size=128, lr=0.01, lr_fan_in=None, output_lr=None,
-                 zero_output=False, momentum=0.9,
-                 weight_decay=2e-4, dropout=0.3, importance_pruning=False, ip_start=200, ip_every=10,
-                 ip_percentile=20.0, threads=None, workers=1, sync=False, phase2_start=None, warm_start=False,
-                 random_state=None, verbose=False):
+    def __init__(self, hidden_layer_sizes=_CLASSIFIER.hidden, *, activation=_CLASSIFIER.activation,
+                 alpha=_CLASSIFIER.alpha, epsilon=_CLASSIFIER.epsilon, zeta=_CLASSIFIER.zeta, init=_CLASSIFIER.init,
+                 epochs=_CLASSIFIER.epochs, batch_size=_CLASSIFIER.batch_size, micro_batch=_CLASSIFIER.micro_batch,
+                 lr=_CLASSIFIER.lr, lr_fan_in=_CLASSIFIER.lr_fan_in, output_lr=_CLASSIFIER.output_lr,
+                 zero_output=_CLASSIFIER.zero_output, momentum=_CLASSIFIER.momentum,
+                 weight_decay=_CLASSIFIER.weight_decay, dropout=_CLASSIFIER.dropout,
+                 importance_pruning=_CLASSIFIER.importance_pruning, ip_start=_CLASSIFIER.ip_start,
+                 ip_every=_CLASSIFIER.ip_every, ip_percentile=_CLASSIFIER.ip_percentile, threads=_CLASSIFIER.threads,
+                 workers=_CLASSIFIER.workers, sync=_CLASSIFIER.sync, phase2_start=_CLASSIFIER.phase2_start,
+                 warmup_epochs=_CLASSIFIER.warmup_epochs, stall_timeout=_CLASSIFIER.stall_timeout,
+                 warm_start=False, random_state=None, verbose=False):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.alpha = alpha
@@ -88,6 +105,7 @@ class _BaseSparseMLP(BaseEstimator):
         self.init = init
         self.epochs = epochs
         self.batch_size = batch_size
+        self.micro_batch = micro_batch
         self.lr = lr
         self.lr_fan_in = lr_fan_in
         self.output_lr = output_lr
@@ -103,6 +121,8 @@ class _BaseSparseMLP(BaseEstimator):
         self.workers = workers
         self.sync = sync
         self.phase2_start = phase2_start
+        self.warmup_epochs = warmup_epochs
+        self.stall_timeout = stall_timeout
         self.warm_start = warm_start
         self.random_state = random_state
         self.verbose = verbose
@@ -118,16 +138,9 @@ class _BaseSparseMLP(BaseEstimator):
             hidden = tuple(operator.index(size) for size in sizes)
         except TypeError:
             raise ValueError(f"hidden_layer_sizes must be integers, got {self.hidden_layer_sizes!r}.") from None
-        return TrainConfig(
-            hidden=hidden, activation=self.activation, alpha=self.alpha, epsilon=self.epsilon, init=self.init,
-            output_activation=self._output_activation, loss=self._loss, zeta=self.zeta, epochs=self.epochs,
-            batch_size=self.batch_size, lr=self.lr, lr_fan_in=self.lr_fan_in,
-            output_lr=self.output_lr, zero_output=self.zero_output, momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            dropout=self.dropout, importance_pruning=self.importance_pruning, ip_start=self.ip_start,
-            ip_every=self.ip_every, ip_percentile=self.ip_percentile, seed=seed, threads=self.threads,
-            workers=self.workers, sync=self.sync, phase2_start=self.phase2_start,
-        )
+        shared = {name: getattr(self, name) for name in _SHARED}
+        fixed = {name: getattr(self._defaults, name) for name in _FIXED}
+        return TrainConfig(hidden=hidden, seed=seed, **shared, **fixed)
 
     def _seed(self):
         """An int seed: ``random_state`` itself when it is one (as ``--seed``), else a draw from it."""
@@ -184,7 +197,7 @@ class _BaseSparseMLP(BaseEstimator):
         """
         config = self._prepare(X.shape[1], n_outputs, first)
         # wasap.train.fit evaluates a test split every epoch. Without validation data the training data
-        # stands in (inference costs about a tenth of a training epoch) and its metrics are dropped below.
+        # stands in (inference is cheap next to a training epoch) and its metrics are dropped below.
         data = Dataset("training data", X, y, X if X_val is None else X_val, y if X_val is None else y_val,
                        getattr(self, "classes_", np.empty(0)))
         log = self._log(validation=X_val is not None)
@@ -214,7 +227,7 @@ class _BaseSparseMLP(BaseEstimator):
     def _partial_fit(self, X, y, *, n_outputs, first):
         """One epoch of the sequential trainer on ``(X, y)``; see :meth:`_fit` for the arrays."""
         config = self._prepare(X.shape[1], n_outputs, first)
-        kernels.set_threads(config.threads or default_threads())
+        set_threads(config.threads or default_threads())
         # As fit keeps the last good epoch: a diverged epoch leaves the network as the call found it.
         before = self.model_.copy()
         try:
@@ -328,64 +341,7 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
 
     Parameters
     ----------
-    hidden_layer_sizes : int or tuple of int, default=(400, 100, 400)
-        Neurons of each hidden layer (the paper's Madelon network).
-    activation : {"all-relu", "relu", "leaky-relu", "sigmoid", "tanh", "identity"}, default="all-relu"
-        Hidden activation.
-    alpha : float, default=0.5
-        The All-ReLU slope (paper eq. 3: ``-alpha``, ``+alpha``, ... on successive hidden layers), or
-        leaky ReLU's slope. **Not** an L2 penalty as in MLPClassifier: that is ``weight_decay``.
-    epsilon : float, default=20.0
-        Sparsity: a layer has about ``epsilon * (n_in + n_out)`` weights, at most ``n_in * n_out``. On
-        small data (a few features or classes) layers may become dense; that is silent unless ``verbose``.
-    zeta : float, default=0.3
-        Fraction of each sign's weights that SET rewires after every epoch.
-    init : {"he-uniform", "he-uniform-sparse", "xavier", "normal"}, default="he-uniform"
-        Initial weights: he-uniform-sparse scales them to the fan-in a neuron really has (see
-        :func:`wasap.topology.initial_values`), for layers far wider than their connections per neuron.
-    epochs : int, default=100
-        Passes over the training data per :meth:`fit` (MLPClassifier's ``max_iter``; no early stopping).
-    batch_size : int, default=128
-    lr : float, default=0.01
-        Learning rate of momentum SGD.
-    lr_fan_in : float or None, default=None
-        Layers whose mean fan-in exceeds this take steps of ``lr * lr_fan_in / fan_in``
-        (:class:`wasap.optim.LayerRates`); None: ``lr`` for every layer.
-    output_lr : float or None, default=None
-        The output layer's own learning rate; None: ``lr`` (times the ``lr_fan_in`` factor).
-    zero_output : bool, default=False
-        Start the output layer's weights at 0. With ``activation="tanh"``,
-        ``init="he-uniform-sparse"`` and ``output_lr``, the recipe that makes networks
-        hundreds of thousands of neurons wide learn (README, "Big networks").
-    momentum : float, default=0.9
-    weight_decay : float, default=2e-4
-        L2 weight decay inside momentum SGD (MLPClassifier's ``alpha``).
-    dropout : float, default=0.3
-        Inverted dropout rate on the hidden layers.
-    importance_pruning : bool, default=False
-        Importance Pruning of hidden neurons (the paper's Algorithm 2).
-    ip_start, ip_every : int, default=200, 10
-        Importance Pruning runs after epochs ``e >= ip_start`` with ``e % ip_every == 0``.
-    ip_percentile : float, default=20.0
-        Neurons at or below this percentile of their layer's importance lose their inputs.
-    threads : int or None, default=None
-        Kernel threads of this process; None: one per idle core. Set 1 when running several fits at once
-        (``GridSearchCV(n_jobs=...)``): numba's threads slow down many-fold when they compete for cores.
-    workers : int, default=1
-        1: the sequential trainer. K > 1: WASAP-SGD with K worker processes
-        (:func:`wasap.parallel.fit_parallel`) for :meth:`fit`; :meth:`partial_fit` is always sequential.
-    sync : bool, default=False
-        With ``workers > 1``: synchronous phase one (WASSP-SGD).
-    phase2_start : int or None, default=None
-        With ``workers > 1``: epoch at which phase two (independent replicas) starts; None: never.
-    warm_start : bool, default=False
-        :meth:`fit` continues training the fitted network (and its epoch count) instead of starting anew.
-    random_state : int, RandomState instance or None, default=None
-        Seeds every random stream (topology, weights, shuffling, dropout). An int is used as the command
-        line's ``--seed``, so ``random_state=0`` trains the same network as ``python -m wasap.run --seed 0``.
-    verbose : bool, default=False
-        Print one line per epoch, and warn when epsilon makes a hidden layer dense. The line's evaluation
-        is of ``X_val`` ("test accuracy"), or without it of the training data ("training-set accuracy").
+    {hyperparameters}
 
     Attributes
     ----------
@@ -439,10 +395,8 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
     0.95...
     """
 
-    _output_activation = "softmax"
-    _loss = "cross-entropy"
-
-    def fit(self, X, y, X_val=None, y_val=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, X_val: ArrayLike = None,
+            y_val: ArrayLike = None) -> "SparseMLPClassifier":
         """Train the network for ``epochs`` epochs.
 
         Parameters
@@ -478,7 +432,7 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
             check_consistent_length(X_val, y_val)
         return self._fit(X, y_index, X_val, y_val, n_outputs=len(classes), first=first)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike, classes: ArrayLike = None) -> "SparseMLPClassifier":
         """Train one epoch on ``(X, y)``.
 
         Successive calls train like successive epochs of :meth:`fit`: SET evolves the topology between
@@ -504,7 +458,7 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
         _, y_index, _ = encode_labels(self.classes_, y)
         return self._partial_fit(X, y_index, n_outputs=len(self.classes_), first=first)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Class probabilities.
 
         Parameters
@@ -518,12 +472,12 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
         """
         return self._predict_output(X)
 
-    def predict_log_proba(self, X):
+    def predict_log_proba(self, X: ArrayLike) -> np.ndarray:
         """Log of :meth:`predict_proba`, shape (n_samples, n_classes)."""
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Most probable class of each sample.
 
         Parameters
@@ -542,18 +496,19 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
 class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
     """A truly sparse multilayer perceptron regressor: identity output, mean squared error.
 
-    The parameters and attributes are those of :class:`SparseMLPClassifier` (``alpha`` is the All-ReLU
-    slope; L2 is ``weight_decay``), less ``classes_``. Four defaults differ, chosen for regression
-    (``tools/regressor_vs_mlp.py`` measures them against MLPRegressor, both at their defaults):
+    Its parameters and attributes are :class:`SparseMLPClassifier`'s (``alpha`` is the All-ReLU slope; L2
+    is ``weight_decay``), less ``classes_`` and with the attributes below added. Four defaults differ,
+    chosen for regression
+    (``tools/regressor_vs_mlp.py`` compares them with MLPRegressor, both at their defaults):
 
-    - ``activation="relu"``: with All-ReLU, momentum SGD on small regression sets often diverged or
-      drove the predictions far off; ReLU trains steadily there. ``alpha`` keeps the paper's 0.5 for
+    - ``activation``: ReLU. With All-ReLU, momentum SGD on small regression sets often diverged or drove
+      the predictions far off; ReLU trains steadily there. ``alpha`` keeps the paper's value for
       ``activation="all-relu"``.
-    - ``dropout=0.0``: dropout's noise lands directly in the predicted values, where every bit of it is
+    - ``dropout``: none. Dropout's noise lands directly in the predicted values, where every bit of it is
       error (a classifier's argmax shrugs most of it off); MLPRegressor has no dropout either.
-    - ``batch_size=32``: regression sets are often a few hundred samples, and batches of 32 give them
+    - ``batch_size``: 32. Regression sets are often a few hundred samples, and batches of 32 give them
       four times the steps per epoch that 128 would.
-    - ``zero_output=True``: the network starts out predicting the training targets' mean (R2 0) instead
+    - ``zero_output``: on. The network starts out predicting the training targets' mean (R2 0) instead
       of a random function of the inputs, which a small data set may not pull it all the way back from;
       the hidden layers start learning as soon as the output weights leave 0.
 
@@ -568,6 +523,10 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
     make_friedman1's in [0, 1]) train well as they are; put a ``StandardScaler`` in front of others.
     Divergence, Ctrl-C and SIGTERM are handled as :class:`SparseMLPClassifier`'s Notes describe.
 
+    Parameters
+    ----------
+    {hyperparameters}
+
     Attributes
     ----------
     n_outputs_ : int
@@ -578,21 +537,27 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
         Per-output standard deviation of those targets (1 for a constant target).
     """
 
-    _output_activation = "identity"
-    _loss = "mse"
+    _defaults = _REGRESSOR
 
-    def __init__(self, hidden_layer_sizes=(400, 100, 400), *, activation="relu", alpha=0.5, epsilon=20.0,
-                 zeta=0.3, init="he-uniform", epochs=100, batch_size=32, lr=0.01, lr_fan_in=None, output_lr=None,
-                 zero_output=True, momentum=0.9, weight_decay=2e-4, dropout=0.0, importance_pruning=False,
-                 ip_start=200, ip_every=10, ip_percentile=20.0, threads=None, workers=1, sync=False,
-                 phase2_start=None, warm_start=False, random_state=None, verbose=False):
+    def __init__(self, hidden_layer_sizes=_REGRESSOR.hidden, *, activation=_REGRESSOR.activation,
+                 alpha=_REGRESSOR.alpha, epsilon=_REGRESSOR.epsilon, zeta=_REGRESSOR.zeta, init=_REGRESSOR.init,
+                 epochs=_REGRESSOR.epochs, batch_size=_REGRESSOR.batch_size, micro_batch=_REGRESSOR.micro_batch,
+                 lr=_REGRESSOR.lr, lr_fan_in=_REGRESSOR.lr_fan_in, output_lr=_REGRESSOR.output_lr,
+                 zero_output=_REGRESSOR.zero_output, momentum=_REGRESSOR.momentum,
+                 weight_decay=_REGRESSOR.weight_decay, dropout=_REGRESSOR.dropout,
+                 importance_pruning=_REGRESSOR.importance_pruning, ip_start=_REGRESSOR.ip_start,
+                 ip_every=_REGRESSOR.ip_every, ip_percentile=_REGRESSOR.ip_percentile, threads=_REGRESSOR.threads,
+                 workers=_REGRESSOR.workers, sync=_REGRESSOR.sync, phase2_start=_REGRESSOR.phase2_start,
+                 warmup_epochs=_REGRESSOR.warmup_epochs, stall_timeout=_REGRESSOR.stall_timeout,
+                 warm_start=False, random_state=None, verbose=False):
         super().__init__(
             hidden_layer_sizes, activation=activation, alpha=alpha, epsilon=epsilon, zeta=zeta, init=init,
-            epochs=epochs, batch_size=batch_size, lr=lr, lr_fan_in=lr_fan_in, output_lr=output_lr,
-            zero_output=zero_output, momentum=momentum, weight_decay=weight_decay, dropout=dropout,
-            importance_pruning=importance_pruning, ip_start=ip_start, ip_every=ip_every,
+            epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, lr_fan_in=lr_fan_in,
+            output_lr=output_lr, zero_output=zero_output, momentum=momentum, weight_decay=weight_decay,
+            dropout=dropout, importance_pruning=importance_pruning, ip_start=ip_start, ip_every=ip_every,
             ip_percentile=ip_percentile, threads=threads, workers=workers, sync=sync, phase2_start=phase2_start,
-            warm_start=warm_start, random_state=random_state, verbose=verbose,
+            warmup_epochs=warmup_epochs, stall_timeout=stall_timeout, warm_start=warm_start,
+            random_state=random_state, verbose=verbose,
         )
 
     def __sklearn_tags__(self):
@@ -600,7 +565,8 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
         tags.target_tags.multi_output = True
         return tags
 
-    def fit(self, X, y, X_val=None, y_val=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, X_val: ArrayLike = None,
+            y_val: ArrayLike = None) -> "SparseMLPRegressor":
         """Train the network for ``epochs`` epochs.
 
         Parameters
@@ -630,7 +596,7 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
             y_val = self._scale_targets(y_val)
         return self._fit(X, self._scale_targets(y), X_val, y_val, n_outputs=self.n_outputs_, first=first)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X: ArrayLike, y: ArrayLike) -> "SparseMLPRegressor":
         """Train one epoch on ``(X, y)``; successive calls train like the epochs of :meth:`fit`.
 
         Parameters
@@ -671,7 +637,7 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
         """Targets ``y`` (n_samples, n_outputs) standardised, as float32 in the trainer's layout."""
         return np.ascontiguousarray((y - self.target_mean_) / self.target_scale_, dtype=np.float32)
 
-    def predict(self, X):
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """Predicted targets.
 
         Parameters
@@ -685,6 +651,46 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
         """
         output = self._predict_output(X) * self.target_scale_ + self.target_mean_
         return output.ravel() if self.n_outputs_ == 1 else output
+
+
+#: What the estimators' docstrings add to a shared hyperparameter's declared help.
+_PARAMETER_NOTES = {
+    "alpha": "**Not** an L2 penalty as in MLPClassifier: that is ``weight_decay``.",
+    "epsilon": "On small data (a few features or classes) layers may become dense; that is silent unless "
+               "``verbose``.",
+    "epochs": "Per :meth:`fit` (MLPClassifier's ``max_iter``); there is no early stopping, every epoch runs.",
+    "lr": "MLPClassifier's ``learning_rate_init``.",
+    "weight_decay": "MLPClassifier's ``alpha``.",
+    "threads": "Set 1 when running several fits at once (``GridSearchCV(n_jobs=...)``): numba's threads "
+               "slow down many-fold when they compete for cores.",
+    "workers": "Used by :meth:`fit` (:func:`wasap.parallel.fit_parallel`); :meth:`partial_fit` is always "
+               "sequential.",
+}
+
+#: The docstring entries of the parameters that only the estimators have.
+_ESTIMATOR_ONLY_DOC = """\
+warm_start : bool, default=False
+    :meth:`fit` continues training the fitted network (and its epoch count) instead of starting anew.
+random_state : int, RandomState instance or None, default=None
+    Seeds every random stream (topology, weights, shuffling, dropout). An int is used as the command
+    line's ``--seed``, so ``random_state=0`` trains the same network as ``python -m wasap.run --seed 0``.
+verbose : bool, default=False
+    Print one line per epoch, and warn when epsilon makes a hidden layer dense. The line's evaluation
+    is of ``X_val`` ("test accuracy"), or without it of the training data ("training-set accuracy").
+"""
+
+
+def _document_parameters(cls):
+    """Fill the Parameters section of ``cls``'s docstring from the declarations and its defaults."""
+    defaults = cls._defaults
+    entries = (f"hidden_layer_sizes : int or tuple of int, default={value_text(defaults.hidden)}\n"
+               "    Neurons of each hidden layer (TrainConfig's ``hidden``); an int is one layer.\n"
+               + numpydoc_parameters(_SHARED, defaults, notes=_PARAMETER_NOTES) + _ESTIMATOR_ONLY_DOC)
+    cls.__doc__ = fill_parameters_doc(cls.__doc__, entries)
+
+
+_document_parameters(SparseMLPClassifier)
+_document_parameters(SparseMLPRegressor)
 
 
 def _fit_parallel():

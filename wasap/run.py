@@ -3,7 +3,9 @@
 With no arguments it trains the paper's Madelon network (500-400-100-400-2,
 All-ReLU alpha 0.5, epsilon 10, batch 32) on the copy of Madelon shipped with
 wasap and prints its test accuracy. ``python -m wasap.run --help`` lists every
-flag; the README explains the output folder.
+flag. The flags of the hyperparameters are made from their declarations in
+:mod:`wasap.config` (:func:`add_config_arguments`); the others, which say what
+to train on and where to write, are written out in :func:`build_parser`.
 """
 
 import argparse
@@ -12,10 +14,11 @@ import os
 import sys
 import time
 import warnings
+from typing import Callable, Iterable, Mapping, Sequence
 
-from . import __version__, kernels
+from . import __version__
 from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, CheckpointError, load_checkpoint
-from .config import WIDTH_AWARE_KEYS, ConfigError, TrainConfig
+from .config import HYPERPARAMETERS, WIDTH_AWARE_KEYS, ConfigError, Hyperparameter, TrainConfig
 from .data import DataError, load_dataset
 from .memory import DEFAULT_BUDGET, parse_budget, plan_run
 from .model import SparseMLP
@@ -23,12 +26,15 @@ from .parallel import WorkerFailed, fit_parallel, resolve_workers
 from .parallel.shm import SharedMemoryFull
 from .records import OutputDirError, OutputWriteError
 from .signals import EXIT_STATUS
-from .topology import INIT_SCHEMES
+from .threads import available_cores, capped_threads, set_threads
 from .train import default_threads, fit
 
 #: The paper's settings per data set (Table 2 and the authors' code); explicit
 #: flags win over them, and TrainConfig's defaults fill the rest (all of it for
-#: data without a preset, such as a user's file).
+#: data without a preset, such as a user's file). Madelon, the data set most
+#: prone to overfit, takes a stronger weight decay, and Fashion-MNIST, slow to
+#: learn at the paper's rate, a doubled learning rate: both chosen on tuning
+#: seeds, not on the seeds reported.
 PRESETS = {
     "madelon": dict(hidden=(400, 100, 400), alpha=0.5, epsilon=10.0, batch_size=32, epochs=500,
                     weight_decay=6e-3),
@@ -38,27 +44,26 @@ PRESETS = {
     "cifar10": dict(hidden=(4000, 1000, 4000), alpha=0.75, epsilon=20.0, batch_size=128, epochs=100),
     "synthetic": dict(hidden=(1000, 1000, 1000), alpha=0.5, epsilon=20.0, batch_size=128, epochs=20),
 }
-#: The authors' code decays weights outside the momentum (w -= 2e-4 w each step);
-#: through momentum SGD (paper eq. 1, lr 0.01, mu 0.9) the same shrinkage per
-#: step is lr * lambda / (1 - mu), i.e. lambda = 2e-3. Madelon, the data set
-#: most prone to overfit, wants at least that: on tuning seeds 10-14 (not the
-#: seeds reported), the best test accuracy averaged 70.03% at 2e-3, 70.70% at
-#: 3e-3, 70.87% at 4e-3 and 71.90% at 6e-3 (dropout 0.1-0.5 and lr 0.005 did not
-#: help), so its preset is 6e-3; the other data sets keep the paper's 2e-4.
-#: Fashion-MNIST learns slowly at the paper's lr 0.01 (its 91.38% took 500
-#: epochs): at 100 epochs, seed 0, lr 0.01 reached 89.91% and lr 0.02 90.35%,
-#: so the preset doubles it.
-PRESET_KEYS = ("hidden", "alpha", "epsilon", "batch_size", "epochs", "weight_decay", "lr")
+#: The hyperparameters some preset sets: their flags default to None, which means "the preset's, else
+#: TrainConfig's".
+PRESET_KEYS = tuple(dict.fromkeys(name for preset in PRESETS.values() for name in preset))
+
+#: Where each section of hyperparameters (:data:`wasap.config.SECTIONS`) is listed in ``--help``.
+SECTION_TITLES = {"network": "network", "training": "training", "parallel": "parallelism"}
 
 
-def _hidden_sizes(text):
-    try:
-        sizes = tuple(int(part) for part in text.replace(" ", "").split(",") if part != "")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes sizes separated by commas, like 400,100,400; got {text!r}")
-    if not sizes:
-        raise argparse.ArgumentTypeError("--hidden needs at least one layer size, like 400,100,400")
-    return sizes
+def _sizes(flag):
+    """The argparse type of ``flag``, which takes layer sizes separated by commas."""
+    def parse(text):
+        try:
+            sizes = tuple(int(part) for part in text.replace(" ", "").split(",") if part != "")
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes sizes separated by commas, like 400,100,400; got {text!r}") from None
+        if not sizes:
+            raise argparse.ArgumentTypeError(f"{flag} needs at least one layer size, like 400,100,400")
+        return sizes
+    return parse
 
 
 def _count(flag, text, takes="a whole number"):
@@ -99,6 +104,75 @@ def _seconds(text):
     return value
 
 
+#: What the command line takes for some hyperparameters beyond their declaration: a stricter or wider
+#: parser (a run of 0 epochs writes nothing; ``--workers auto``), or what leaving the flag out means.
+FLAG_FORMS = {
+    "epochs": dict(type=_counts("--epochs")),
+    "threads": dict(type=_counts("--threads")),
+    "workers": dict(type=_workers, metavar="K", help_suffix="; 'auto': one per core"),
+    "micro_batch": dict(unset="the largest that fits --memory-budget"),
+}
+
+
+def _flag_value(value):
+    """A value as it is typed on the command line: ``400,100,400``, ``0.01``."""
+    if isinstance(value, tuple):
+        return ",".join(str(part) for part in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flag_help(spec, form, from_preset):
+    """``--help``'s line for the flag of ``spec``, its default included."""
+    text = spec.help + form.get("help_suffix", "")
+    if from_preset:
+        default = f"the data set's preset, else {_flag_value(spec.default)}"
+    elif spec.default is None:
+        default = form.get("unset", spec.unset)
+    elif spec.type is bool:
+        default = None  # a switch, off unless given
+    else:
+        default = _flag_value(spec.default)
+    text = text if default is None else f"{text} (default: {default})"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def add_config_arguments(groups: Mapping[str, argparse._ArgumentGroup], *,
+                         preset_keys: Iterable[str] = PRESET_KEYS,
+                         forms: Mapping[str, dict] = FLAG_FORMS) -> None:
+    """Add the flag ``--field-name`` of each hyperparameter with a command-line face.
+
+    Parameters
+    ----------
+    groups : mapping of str to argparse argument group
+        Where to add the flags of each section of :data:`wasap.config.SECTIONS`.
+    preset_keys : iterable of str
+        Hyperparameters whose flags default to None (a data set's preset, else TrainConfig's default).
+    forms : mapping of str to dict
+        Per hyperparameter: ``type`` (an argparse type instead of the declared one), ``metavar``,
+        ``help_suffix`` and ``unset`` (what leaving the flag out means, when its default is None).
+    """
+    preset_keys = set(preset_keys)
+    for spec in HYPERPARAMETERS.values():
+        if not spec.cli:
+            continue
+        form = forms.get(spec.name, {})
+        from_preset = spec.name in preset_keys
+        group = groups[spec.section]
+        help_text = _flag_help(spec, form, from_preset)
+        if spec.type is bool:
+            action = argparse.BooleanOptionalAction if spec.default else "store_true"
+            group.add_argument(spec.flag, action=action, default=spec.default, help=help_text)
+            continue
+        group.add_argument(spec.flag, type=form.get("type", _flag_type(spec)), choices=spec.choices,
+                           default=None if from_preset else spec.default, metavar=form.get("metavar"),
+                           help=help_text)
+
+
+def _flag_type(spec: Hyperparameter) -> Callable[[str], object]:
+    """The argparse type of a declared type; TrainConfig checks the value once parsed."""
+    return _sizes(spec.flag) if spec.type is tuple else spec.type
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show a flag's default only when it has a real one (not None or False)."""
 
@@ -108,12 +182,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser(prog="python -m wasap.run"):
+def build_parser(prog: str = "python -m wasap.run") -> argparse.ArgumentParser:
     """The argument parser of ``python -m wasap.run`` (or of ``wasap train``: ``prog``)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Train a truly sparse MLP (SET, All-ReLU, Importance Pruning) and write metrics.jsonl, "
-                    "summary.json and model.npz to an output folder.",
+                    "summary.json and model.npz to an output folder. A flag whose default is \"the data set's "
+                    "preset\" takes the paper's setting for the named data set; for data without a preset (a "
+                    "PATH) it takes TrainConfig's default, as the Python API does.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -128,57 +204,18 @@ def build_parser(prog="python -m wasap.run"):
     data.add_argument("--no-standardize", action="store_true",
                       help="keep raw feature values (default: standardise with the train split's statistics)")
 
-    model = parser.add_argument_group("network (defaults: the paper's settings for the data set)")
-    model.add_argument("--hidden", type=_hidden_sizes, help="hidden layer sizes, e.g. 400,100,400")
-    model.add_argument("--activation", default="all-relu",
-                       choices=["all-relu", "relu", "leaky-relu", "sigmoid", "tanh", "identity"])
-    model.add_argument("--alpha", type=float, help="All-ReLU slope (paper eq. 3), or leaky ReLU's slope")
-    model.add_argument("--epsilon", type=float, help="sparsity: about epsilon*(n_in+n_out) weights per layer")
-    model.add_argument("--init", default="he-uniform", choices=INIT_SCHEMES,
-                       help="initial weights; he-uniform-sparse scales them to the connections a neuron has "
-                            "(for networks millions of neurons wide) [%(default)s]")
-
-    train = parser.add_argument_group("training")
+    groups = {section: parser.add_argument_group(title) for section, title in SECTION_TITLES.items()}
+    add_config_arguments(groups)
+    train = groups["training"]
     train.add_argument("--recipe", choices=("paper", "width-aware"), default="paper",
                        help="width-aware: tanh, he-uniform-sparse, a zeroed output layer, lr 6e-5*n and output lr "
                             "50/n for n inputs an output neuron, no dropout, for networks hundreds of thousands "
                             "of neurons wide (TrainConfig.width_aware; flags given explicitly still win) "
                             "[%(default)s]")
-    train.add_argument("--epochs", type=_counts("--epochs"))
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--micro-batch", type=int,
-                       help="split batches into parts of this many samples (same update, less activation memory)")
     train.add_argument("--memory-budget", type=_memory_budget, default=DEFAULT_BUDGET, metavar="AMOUNT",
                        help="memory the run may plan to use: an amount (8G, 500M) or a fraction of the memory "
                             "available (0.5, 50%%); without --micro-batch the largest micro-batch that fits is "
                             "chosen, and a run that fits in none is refused before it allocates [%(default)s]")
-    train.add_argument("--lr", type=float, help="learning rate (default 0.01; 0.02 for fashion-mnist)")
-    train.add_argument("--lr-fan-in", type=float,
-                       help="layers of a larger mean fan-in take steps of lr * LR_FAN_IN / fan-in (wide layers)")
-    train.add_argument("--output-lr", type=float,
-                       help="the output layer's own learning rate (default: lr); see README, Big networks")
-    train.add_argument("--zero-output", action="store_true", help="start the output layer's weights at 0")
-    train.add_argument("--momentum", type=float, default=0.9)
-    train.add_argument("--weight-decay", type=float,
-                       help="L2 weight decay inside momentum SGD (default 2e-4; 6e-3 for madelon)")
-    train.add_argument("--dropout", type=float, default=0.3, help="inverted dropout on hidden layers")
-    train.add_argument("--zeta", type=float, default=0.3, help="fraction of each sign's weights SET rewires")
-    train.add_argument("--importance-pruning", action="store_true", help="Importance Pruning (Algorithm 2)")
-    train.add_argument("--ip-start", type=int, default=200, help="first epoch of Importance Pruning")
-    train.add_argument("--ip-every", type=int, default=10, help="epochs between Importance Prunings")
-    train.add_argument("--ip-percentile", type=float, default=20.0,
-                       help="neurons at or below this importance percentile are pruned")
-    train.add_argument("--seed", type=int, default=0, help="seeds every random stream")
-
-    parallel = parser.add_argument_group("parallelism")
-    parallel.add_argument("--threads", type=_counts("--threads"),
-                          help="kernel threads per process, at most one per core this process may use "
-                               "(default: one per idle core)")
-    parallel.add_argument("--workers", type=_workers, default=1, help="WASAP-SGD workers, or 'auto'")
-    parallel.add_argument("--sync", action="store_true", help="synchronous phase one (WASSP-SGD)")
-    parallel.add_argument("--phase2-start", type=int, help="epoch at which phase two (local replicas) starts")
-    parallel.add_argument("--stall-timeout", type=float, default=TrainConfig.stall_timeout,
-                          help="seconds a worker may make no progress before the run stops (default: %(default)g)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="output folder (default: runs/<dataset>-<date>-<time>)")
@@ -194,26 +231,22 @@ def build_parser(prog="python -m wasap.run"):
     return parser
 
 
-def config_from_args(args):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` the flags describe (preset of the data set, then explicit flags)."""
     preset = PRESETS.get(args.dataset.strip().lower(), {})
-    chosen = {name: getattr(args, name) for name in PRESET_KEYS}
-    values = {name: (preset.get(name) if value is None else value) for name, value in chosen.items()}
-    values = {name: value for name, value in values.items() if value is not None}
+    values = {name: getattr(args, name) for name, spec in HYPERPARAMETERS.items() if spec.cli}
+    for name in PRESET_KEYS:
+        if values[name] is None:
+            values[name] = preset.get(name, HYPERPARAMETERS[name].default)
     if args.activation != "all-relu" and args.alpha is None:
         values["alpha"] = None
-    threads = default_threads() if args.threads is None else kernels.capped_threads(args.threads, name="--threads")
-    return TrainConfig(
-        **values, activation=args.activation, init=args.init, zeta=args.zeta, momentum=args.momentum,
-        dropout=args.dropout, micro_batch=args.micro_batch, lr_fan_in=args.lr_fan_in,
-        output_lr=args.output_lr, zero_output=args.zero_output, importance_pruning=args.importance_pruning,
-        ip_start=args.ip_start, ip_every=args.ip_every, ip_percentile=args.ip_percentile, seed=args.seed,
-        threads=threads, workers=resolve_workers(args.workers), sync=args.sync, phase2_start=args.phase2_start,
-        stall_timeout=args.stall_timeout,
-    )
+    threads = values["threads"]
+    values["threads"] = default_threads() if threads is None else capped_threads(threads, name="--threads")
+    values["workers"] = resolve_workers(values["workers"])
+    return TrainConfig(**values)
 
 
-def explicit_flags(argv):
+def explicit_flags(argv: Sequence[str]) -> set:
     """Names (``args`` attributes) of the options given on the command line, defaults left out."""
     parser = build_parser()
     for action in parser._actions:
@@ -221,7 +254,7 @@ def explicit_flags(argv):
     return set(vars(parser.parse_args(argv)))
 
 
-def apply_recipe(config, n_outputs, explicit):
+def apply_recipe(config: TrainConfig, n_outputs: int, explicit: Iterable[str]) -> TrainConfig:
     """``config`` under :meth:`TrainConfig.width_aware` for ``n_outputs`` outputs; ``explicit`` flags win."""
     kept = {name: value for name, value in config.to_dict().items()
             if name not in WIDTH_AWARE_KEYS or name in explicit}
@@ -240,7 +273,7 @@ class RunWarning(UserWarning):
     """The flags ask for something the run will not do, or will do slowly; the message says what to change."""
 
 
-def pruning_epochs(config):
+def pruning_epochs(config: TrainConfig) -> range:
     """The epochs (1-based) after which Importance Pruning runs, as the trainers schedule it.
 
     Parameters
@@ -267,7 +300,7 @@ def _has_phase_two(config):
     return config.workers > 1 and config.phase2_start is not None and config.phase2_start <= config.epochs
 
 
-def plan_problems(config, n_train):
+def plan_problems(config: TrainConfig, n_train: int) -> list:
     """Messages about flags that will not do what they suggest, each saying what to change.
 
     Parameters
@@ -315,7 +348,7 @@ def _parallel_problems(config, n_train):
         raise ConfigError(f"--workers {workers} needs at least {workers} training samples (one partition each), "
                           f"but the data has {n_train}; use fewer workers (--workers 1 trains in one process).")
     problems = []
-    cores = kernels.available_cores()
+    cores = available_cores()
     if workers > cores:
         problems.append(f"--workers {workers} on {cores} core(s): workers beyond the cores take turns on them, "
                         f"which slows each many times; use --workers {cores} or fewer (--workers auto).")
@@ -334,7 +367,7 @@ def _parallel_problems(config, n_train):
     return problems
 
 
-def warn_about_plan(config, n_train):
+def warn_about_plan(config: TrainConfig, n_train: int) -> None:
     """Warn (:class:`RunWarning`) once per message of :func:`plan_problems`."""
     for message in plan_problems(config, n_train):
         warnings.warn(message, RunWarning, stacklevel=2)
@@ -349,7 +382,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 RESUME_FLAGS = ("resume", "quiet")
 
 
-def resume_point(out_dir, argv):
+def resume_point(out_dir: str, argv: Sequence[str]) -> tuple:
     """The checkpoint of the run in ``out_dir`` and the flags it was started with.
 
     Returns
@@ -387,7 +420,7 @@ def resume_point(out_dir, argv):
     return args, model, state
 
 
-def main(argv=None, prog="python -m wasap.run"):
+def main(argv: Sequence[str] = None, prog: str = "python -m wasap.run") -> int:
     """Run the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(prog).parse_args(argv)
@@ -400,7 +433,7 @@ def main(argv=None, prog="python -m wasap.run"):
             command_line = state["run"]["command_line"]
         say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
         config = config_from_args(args) if state is None else TrainConfig.from_dict(state["config"])
-        kernels.set_threads(config.threads)
+        set_threads(config.threads)
         out_dir = args.out or os.path.join(
             "runs", f"{os.path.basename(args.dataset.rstrip('/')) or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}")
         data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
