@@ -1,4 +1,4 @@
-"""The examples, the README's Python API section and tools/plot_run.py, run as a user runs them, in quick mode."""
+"""The examples, the Python blocks of the README and of the docs, and tools/plot_run.py, run as a user runs them."""
 
 import json
 import os
@@ -87,15 +87,43 @@ def test_parallel_profile(tmp_path):
     assert profile
 
 
-def test_readme_api_section_runs(tmp_path):
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    section = readme.split("## The Python API", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) >= 5
-    (tmp_path / "api.py").write_text("\n".join(blocks))
-    out = _run(["api.py"], tmp_path)
+def _python_script(path, tmp_path):
+    """The ```python blocks of a Markdown page, in order, as one script in ``tmp_path``."""
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+    assert blocks, f"no Python blocks in {path}"
+    script = tmp_path / (path.stem + ".py")
+    script.write_text("\n".join(blocks))
+    return script
+
+
+def test_readme_python_blocks_run(tmp_path):
+    out = _run([_python_script(ROOT / "README.md", tmp_path)], tmp_path)
+    assert 0.5 <= _number(r"best test accuracy ([0-9.]+)", out) <= 1
+    assert (tmp_path / "madelon-run" / "model.npz").exists()
+    # The loaded model predicts raw rows as Madelon's own labels.
+    predicted = re.search(r"^\[([-0-9 ]+)\]$", out, re.M)
+    assert predicted and set(predicted.group(1).split()) <= {"-1", "1"}, out
+
+
+def test_user_guide_python_blocks_run(tmp_path):
+    out = _run([_python_script(ROOT / "docs" / "guide.md", tmp_path)], tmp_path)
+    assert "SparseMLP(500-400-100-400-2, nnz=19800" in out
     assert _number(r"digits test accuracy: ([0-9.]+)", out) >= 0.9
     assert (tmp_path / "madelon-run" / "metrics.jsonl").exists()
+    assert _number(r"best epoch \d+: ([0-9.]+)", out) > 0.5
+
+
+def test_big_networks_python_block_runs(tmp_path):
+    out = _run([_python_script(ROOT / "docs" / "big-networks.md", tmp_path)], tmp_path)
+    # 500000 inputs an output neuron: lr 6e-5 * n, output lr 50 / n, as the page says.
+    assert out.split() == ["tanh", "he-uniform-sparse", "30.0", "0.0001", "0.0"]
+
+
+def test_parallel_python_block_runs(tmp_path):
+    out = _run([_python_script(ROOT / "docs" / "parallel.md", tmp_path)], tmp_path)
+    accuracy, workers = out.split()
+    assert 0 <= float(accuracy) <= 1 and workers == "2"
+    assert (tmp_path / "parallel-run" / "profile.json").exists()
 
 
 def test_plot_run_draws_a_png(tmp_path):
