@@ -14,7 +14,6 @@ Two sources, merged into ``profile.json``:
 ``tools/plot_profile.py`` draws it.
 """
 
-import json
 import threading
 import time
 
@@ -246,12 +245,6 @@ def write_profile(path, profile):
     from .records import write_json_atomic
 
     write_json_atomic(path, profile)
-
-
-def load_profile(path):
-    """Read a profile.json."""
-    with open(path) as stream:
-        return json.load(stream)
 
 
 def format_profile_table(profile):
