@@ -18,6 +18,7 @@ from .validation import DataError, encode_labels, validate_features, validate_tr
 from .dataset import Dataset
 from .readers import ACCEPTED_FORMATS, read_table
 from .synthetic import SYNTHETIC_CHUNKED_ABOVE
+from .sparse_synthetic import make_sparse_classification
 from .loading import KNOWN_DATASETS, load_dataset
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Dataset",
     "encode_labels",
     "load_dataset",
+    "make_sparse_classification",
     "read_table",
     "validate_features",
     "validate_training_data",
