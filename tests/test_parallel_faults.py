@@ -449,3 +449,22 @@ def test_a_block_that_cannot_be_reserved_is_refused_and_nothing_is_left():
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "REFUSED the parallel trainer could not reserve" in finished.stdout, finished.stdout
     assert "LEFT []" in finished.stdout, finished.stdout
+
+
+def test_a_replica_that_diverges_in_phase_two_ends_the_run_as_a_divergence(tmp_path):
+    # Every epoch is phase two and the rate is absurd: each replica diverges in its first epoch. The run must
+    # end as a divergence (the workers wait for the server's STOP rather than exit, which would read as a
+    # failure), keep the starting model, say why in summary.json, and leave no shared block behind.
+    data = _blobs(n=600, n_classes=2)
+    config = TrainConfig(hidden=(32,), epsilon=5, epochs=3, batch_size=16, workers=2, phase2_start=1, lr=1e30,
+                         threads=1, seed=0)
+    model = SparseMLP.from_config(data.n_features, data.n_classes, config)
+    start = [layer.data.copy() for layer in model.layers]
+    summary = fit_parallel(model, data, config, out_dir=str(tmp_path / "run"), progress=False, log=None)
+    assert "diverged" in summary["error"] and "replica" in summary["error"], summary["error"]
+    assert summary["history"] == []
+    for layer, before in zip(model.layers, start):
+        np.testing.assert_array_equal(layer.data, before)
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["error"] == summary["error"]
+    assert _no_segments_of(os.getpid()) == []

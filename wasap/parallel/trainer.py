@@ -260,8 +260,11 @@ class _ParallelRun:
         except TrainingDiverged as error:
             stop_reason = "diverged"
             self.current = None
-            self.log(f"Training diverged ({error}); kept the model of the last good epoch. "
-                     "Lower the learning rate (--lr) or raise the weight decay, and check the inputs are scaled.")
+            # In summary.json as the sequential trainer puts it, so that a script sees why the run ended.
+            self.recorder.extra["error"] = (
+                f"Training diverged ({error}); kept the model of the last good epoch. "
+                "Lower the learning rate (--lr) or raise the weight decay, and check the inputs are scaled.")
+            self.log(self.recorder.extra["error"])
         except WorkerFailed as error:
             stop_reason = error.stop_reason
             failure = error

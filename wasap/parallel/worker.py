@@ -294,8 +294,10 @@ def _phase_two(transport, account, worker, n_workers, config, first_epoch):
         transport.send(ReplicaPublished(worker, int(epoch), float(loss), int(n_correct), int(n)))
         account.charge("data")
         account.count()
-        if not math.isfinite(loss) or transport.command() == Command.STOP:
+        if transport.command() == Command.STOP:
             return
+        if not math.isfinite(loss):
+            break  # the server ends the run on this report; until its STOP, an exit would read as a failure
         transport.beat(Activity.EVOLVING_REPLICA)
         trainer.end_of_epoch(epoch, last=epoch == config.epochs)
         account.charge("compute")
