@@ -15,7 +15,8 @@ import pytest
 
 from wasap import run, threads
 from wasap.config import ConfigError, TrainConfig
-from wasap.train import SequentialTrainer, default_threads
+from wasap.threads import default_threads
+from wasap.train import SequentialTrainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

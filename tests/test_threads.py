@@ -10,7 +10,7 @@ import pytest
 _THREAD_CHOICE = """
 import json, warnings
 from wasap import threads
-from wasap.train import default_threads
+from wasap.threads import default_threads
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     layer = threads.threading_layer()

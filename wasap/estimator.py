@@ -34,8 +34,8 @@ from .config import HYPERPARAMETERS, TrainConfig, fill_parameters_doc, numpydoc_
 from .data import Dataset, encode_labels, validate_features, validate_training_data
 from .model import SparseMLP
 from .signals import EXIT_STATUS
-from .threads import set_threads
-from .train import SequentialTrainer, TrainingDiverged, default_threads, fit
+from .threads import default_threads, set_threads
+from .train import SequentialTrainer, TrainingDiverged, fit
 
 __all__ = ["SparseMLPClassifier", "SparseMLPRegressor"]
 

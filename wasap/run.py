@@ -26,8 +26,8 @@ from .parallel import WorkerFailed, fit_parallel, resolve_workers
 from .parallel.shm import SharedMemoryFull
 from .records import OutputDirError, OutputWriteError
 from .signals import EXIT_STATUS
-from .threads import available_cores, capped_threads, set_threads
-from .train import default_threads, fit
+from .threads import available_cores, capped_threads, default_threads, set_threads
+from .train import fit
 
 #: The paper's settings per data set (Table 2 and the authors' code); explicit
 #: flags win over them, and TrainConfig's defaults fill the rest (all of it for

@@ -9,6 +9,7 @@ limit binds and how to lift it. numba's own threading layer, workqueue, starts e
 kernel through the operating system; :func:`set_threads` warns once when numba runs on it.
 """
 
+import math
 import os
 import warnings
 
@@ -155,3 +156,19 @@ def set_threads(n_threads: int | None) -> int:
 def get_threads() -> int:
     """Return the number of threads the kernels called from this thread use."""
     return numba.get_num_threads()
+
+
+def default_threads() -> int:
+    """One kernel thread per idle core this process may use, at least one, at most numba's pool.
+
+    numba's threads slow down many-fold when another process competes for
+    their cores, so busy cores (by the 1-minute load average) are left out;
+    :func:`max_threads` bounds the count by the cores and by
+    ``NUMBA_NUM_THREADS``.
+    """
+    cores = available_cores()
+    try:
+        busy = int(math.floor(os.getloadavg()[0] + 0.5))
+    except OSError:
+        busy = 0
+    return max(1, min(max_threads(), cores - busy + 1))

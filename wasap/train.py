@@ -8,7 +8,6 @@ evaluation, metrics, progress bars, Ctrl-C, divergence and the output folder.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -23,28 +22,12 @@ from .model import TRAINER_STREAM, SparseLayer, SparseMLP, stream_seed
 from .records import RunRecorder, run_facts
 from .signals import StopSignals, describe_stop
 from .signals import stop_reason as stop_reason_of
-from .threads import available_cores, max_threads, set_threads
+from .threads import default_threads, set_threads
 from .topology import importance_pruning_due
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite."""
-
-
-def default_threads() -> int:
-    """One kernel thread per idle core this process may use, at least one, at most numba's pool.
-
-    numba's threads slow down many-fold when another process competes for
-    their cores, so busy cores (by the 1-minute load average) are left out;
-    :func:`wasap.threads.max_threads` bounds the count by the cores and by
-    ``NUMBA_NUM_THREADS``.
-    """
-    cores = available_cores()
-    try:
-        busy = int(math.floor(os.getloadavg()[0] + 0.5))
-    except OSError:
-        busy = 0
-    return max(1, min(max_threads(), cores - busy + 1))
 
 
 def batches_of(order, batch_size):
