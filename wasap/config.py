@@ -297,6 +297,10 @@ class TrainConfig:
     ip_percentile: float = hyperparameter(
         20.0, "hidden neurons at or below this percentile of their layer's importance lose their inputs",
         section="training", range=Interval(0.0, 100.0))
+    gradient_flow: bool = hyperparameter(
+        False, "record each epoch's gradient flow in metrics.jsonl: the squared norm of the training loss's "
+        "gradient over a fixed sample of training rows, without dropout (the sequential trainer)",
+        section="training", estimator=False)
     seed: int = hyperparameter(
         0, "seeds every random stream: topology, weights, shuffling, dropout", section="training",
         range=Interval(0, None), estimator="random_state")

@@ -18,6 +18,7 @@ from .batches import gather_transposed
 from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer, load_checkpoint
 from .config import TrainConfig
 from .data import DataError, Dataset
+from .gradient_flow import gradient_flow, sample_rows
 from .model import TRAINER_STREAM, SparseLayer, SparseMLP, stream_seed
 from .records import RunRecorder, run_facts
 from .signals import StopSignals, describe_stop
@@ -317,6 +318,7 @@ class _Run:
         disable = (not progress) if progress is not None else None
         stop_reason = "completed"
         n_train = data.X_train.shape[0]
+        flow_rows = sample_rows(n_train) if config.gradient_flow else None
         epochs = tqdm(range(first_epoch, config.epochs + 1), initial=first_epoch - 1, total=config.epochs,
                       desc="epochs", unit="epoch", disable=disable, dynamic_ncols=True)
         with StopSignals(log) as stop:
@@ -340,13 +342,16 @@ class _Run:
                     eval_seconds = time.perf_counter() - started
                     if not (math.isfinite(test_loss) and model.is_finite()):
                         raise TrainingDiverged(f"the weights became non-finite in epoch {epoch}")
+                    # Of the weights the epoch trained, before the topology changes.
+                    flow = ({} if flow_rows is None else
+                            gradient_flow(model, data.X_train, data.y_train, flow_rows))
                     started = time.perf_counter()
                     trainer.end_of_epoch(epoch, last=epoch == config.epochs)
                     evolve_seconds = time.perf_counter() - started
                     record = recorder.epoch(epoch=epoch, train_loss=train_loss, train_accuracy=train_accuracy,
                                             test_loss=test_loss, test_accuracy=test_accuracy,
                                             nnz=model.nnz_per_layer(), train_seconds=train_seconds,
-                                            eval_seconds=eval_seconds, evolve_seconds=evolve_seconds)
+                                            eval_seconds=eval_seconds, evolve_seconds=evolve_seconds, **flow)
                     if fallback is not None and epoch < config.epochs:  # after the last, none is needed
                         fallback.keep()
                     if checkpoints is not None and checkpoints.due(mid_epoch=False):
