@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from wasap import TrainConfig, SparseMLP  # noqa: E402
 from wasap.data import Dataset, load_dataset  # noqa: E402
 from wasap.parallel import fit_parallel  # noqa: E402
-from wasap.threads import set_threads  # noqa: E402
+from wasap.threads import available_cores, set_threads  # noqa: E402
 from wasap.train import fit  # noqa: E402
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets",
@@ -71,7 +71,7 @@ def main(argv=None):
         data = Dataset(data.name, data.X_train, data.y_train, data.X_test[:args.test_samples],
                        data.y_test[:args.test_samples], data.classes, data.description)
     print(f"data: {data.description or data.name}; evaluated on {data.X_test.shape[0]} test samples per epoch")
-    print(f"cores: {len(os.sched_getaffinity(0))}, load average before: {os.getloadavg()}")
+    print(f"cores: {available_cores()}, load average before: {os.getloadavg()}")
     base = TrainConfig(hidden=(1000, 1000, 1000), alpha=0.6, epsilon=20, batch_size=128, epochs=args.epochs, seed=0)
     out_root = args.out or tempfile.mkdtemp(prefix="wasap-bench-")
     results = {}

@@ -65,6 +65,7 @@ REPO_DIR = os.path.dirname(TOOLS_DIR)
 sys.path.insert(0, REPO_DIR)  # measure this checkout's wasap, installed or not
 
 from wasap.config import WIDTH_AWARE_KEYS, TrainConfig  # noqa: E402  (needs the path above)
+from wasap.threads import available_cores  # noqa: E402
 from wasap.topology import INIT_SCHEMES  # noqa: E402
 
 GIB = 1 << 30
@@ -572,7 +573,7 @@ def run_rows(args):
     names = []
     for name in args.rows:
         names.extend(["wide", "fashion"] if name == "wide" else [name])
-    row_threads = args.threads or len(os.sched_getaffinity(0))
+    row_threads = args.threads or available_cores()
     jobs = [(ROWS[name], threads) for name in names
             for threads in (WIDE_THREADS if name in ("wide", "fashion") else (row_threads,))]
 
