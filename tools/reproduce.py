@@ -236,7 +236,7 @@ def _mean_spread(values, digits=2):
 
 
 def machine():
-    """One line: the CPU model, its logical CPUs and the memory, as this machine reports them."""
+    """One line: the processor's name, its logical CPUs and the memory, as this machine reports them."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as stream:
