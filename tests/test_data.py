@@ -366,13 +366,15 @@ def test_svmlight_single_file_and_pair(tmp_path):
     ds = load_dataset(str(tmp_path / "all.svm"), standardize=False)
     assert ds.n_train == 14 and ds.n_test == 6 and ds.classes.tolist() == [-1, 1]
     assert ds.classes.dtype.kind == "i"
-    np.testing.assert_allclose(np.sort(np.vstack([ds.X_train, ds.X_test]), axis=0),
+    # svmlight files stay sparse: CSR of float32, as the sparse input layer reads it.
+    assert ds.is_sparse and ds.X_train.format == "csr" and ds.X_train.dtype == np.float32
+    np.testing.assert_allclose(np.sort(np.vstack([ds.X_train.toarray(), ds.X_test.toarray()]), axis=0),
                                np.sort(X, axis=0).astype(np.float32), rtol=1e-6)
     dump_svmlight_file(X[:15], y[:15] * 0.5, str(tmp_path / "train.libsvm"))
     dump_svmlight_file(X[15:], y[15:] * 0.5, str(tmp_path / "test.libsvm"))
     pair = load_dataset(f"{tmp_path / 'train.libsvm'},{tmp_path / 'test.libsvm'}", standardize=False)
-    assert pair.X_train.shape == (15, 5) and pair.X_test.shape == (5, 5)
-    np.testing.assert_allclose(pair.X_test, X[15:].astype(np.float32), rtol=1e-6)
+    assert pair.X_train.shape == (15, 5) and pair.X_test.shape == (5, 5) and pair.is_sparse
+    np.testing.assert_allclose(pair.X_test.toarray(), X[15:].astype(np.float32), rtol=1e-6)
     assert pair.classes.tolist() == [-0.5, 0.5]
     np.testing.assert_array_equal(pair.classes[pair.y_test], y[15:] * 0.5)
 
@@ -565,8 +567,33 @@ def test_validate_features_returns_float32_c_contiguous():
     out = validate_features(X)
     assert out.dtype == np.float32 and out.flags.c_contiguous
     np.testing.assert_array_equal(out, X)
-    np.testing.assert_array_equal(validate_features(scipy.sparse.csr_matrix(X)), X)
     np.testing.assert_array_equal(validate_features([["1.5", "2"]]), [[1.5, 2.0]])
+
+
+def test_validate_features_keeps_sparse_input_sparse_and_canonical():
+    # Duplicates (summed, as scipy reads them), unsorted columns, int64 indices and float64 values.
+    rows, columns = np.array([2, 0, 2, 0, 1]), np.array([3, 4, 3, 0, 1])
+    values = np.array([1.0, 2.0, 0.5, -3.0, 4.0])
+    given = scipy.sparse.coo_matrix((values, (rows, columns)), shape=(4, 6))
+    given.row, given.col = given.row.astype(np.int64), given.col.astype(np.int64)
+    snapshot = given.toarray()
+    out = validate_features(given)
+    assert scipy.sparse.issparse(out) and out.format == "csr" and out.dtype == np.float32
+    assert out.has_canonical_format and out.indices.dtype == out.indptr.dtype == np.int32
+    np.testing.assert_array_equal(out.toarray(), snapshot.astype(np.float32))
+    np.testing.assert_array_equal(given.toarray(), snapshot)  # the caller's matrix is left as it was
+    assert validate_features(out) is out  # already canonical float32 CSR: no copy
+    as_array = validate_features(scipy.sparse.csr_array(snapshot))
+    assert isinstance(as_array, scipy.sparse.sparray) and as_array.format == "csr"
+    bad = scipy.sparse.csr_matrix(snapshot)
+    bad.data[bad.indptr[2]] = np.nan  # row 2 holds one value, at column 3
+    with pytest.raises(DataError, match="1 NaN or infinite value") as info:
+        validate_features(bad, name="X_train")
+    assert "row 2, column 3" in str(info.value)
+    damaged = scipy.sparse.csr_matrix(snapshot)
+    damaged.indices[0] = 9
+    with pytest.raises(DataError, match="damaged CSR matrix: a column index lies outside 0..5"):
+        validate_features(damaged)
 
 
 def test_validate_features_reports_nan_count_and_first_position():

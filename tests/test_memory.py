@@ -283,14 +283,14 @@ def test_cgroup_headroom(tmp_path, monkeypatch, version, files, expected):
         assert memory.available_bytes() == expected  # below what the machine has free
 
 
-def test_svmlight_reader_refuses_a_huge_feature_index_before_densifying(tmp_path):
+def test_svmlight_reader_refuses_a_huge_feature_index_with_how_to_renumber(tmp_path):
     path = tmp_path / "wide.svm"
     lines = [f"{i % 2} 1:0.5 {3 + i}:1.0" for i in range(1999)] + ["1 1000000000:2.0"]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as caught:
         load_dataset(str(path))
     message = str(caught.value)
-    assert "2000 rows x 1000000000 features" in message and "dense float32" in message
+    assert "2000 rows name features up to index 1000000000" in message and "16 bytes for each" in message
     assert "Only 2001 distinct features occur" in message
 
 
@@ -302,12 +302,11 @@ def test_svmlight_guard_uses_the_memory_available(tmp_path, monkeypatch):
     train.write_text("\n".join(rows[:150] + ["0 5000:1"]) + "\n")
     test.write_text("\n".join(rows[150:] + ["1 5000:1"]) + "\n")
     data = load_dataset(f"{train},{test}")
-    assert data.X_train.shape[1] == 5000
-    dense = 4 * 5000 * (data.n_train + data.n_test)
-    monkeypatch.setattr(memory, "available_bytes", lambda: dense)  # a budget of half of it
-    with pytest.raises(DataError, match="dense float32"):
+    assert data.X_train.shape[1] == 5000 and data.is_sparse
+    monkeypatch.setattr(memory, "available_bytes", lambda: 16 * 5000)  # a budget of half of the 16 bytes a feature
+    with pytest.raises(DataError, match="16 bytes for each"):
         load_dataset(f"{train},{test}")
-    with pytest.raises(DataError, match="dense float32"):
+    with pytest.raises(DataError, match="16 bytes for each"):
         load_dataset(str(train))
 
 

@@ -337,7 +337,7 @@ def test_header_checks(saved, tmp_path, header, fragment):
     (dict(classes=np.zeros((3, 1))), "classes"),
     (dict(preprocessing_mean=np.zeros(5)), "shape (6,)"),
     (dict(preprocessing_scale=-np.ones(6)), "positive"),
-    (dict(preprocessing_scale=None), "both mean and scale"),
+    (dict(preprocessing_scale=None), "give scale with mean"),
     (dict(preprocessing_n_features=np.array(5)), "preprocessing"),
     (dict(preprocessing_n_features=np.array([6])), "preprocessing_n_features"),
     (dict(preprocessing_mean=np.full(6, np.nan)), "NaN"),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import scipy.sparse
 import pytest
 from sklearn.datasets import dump_svmlight_file, make_classification
 
@@ -234,7 +235,8 @@ def test_read_table_formats(tmp_path):
     X[:, -1] = 0.0  # svmlight leaves zeros out: the last column is absent from the file
     dump_svmlight_file(X, y, str(tmp_path / "rows.svm"), zero_based=True)
     got_X, got_y = read_table(tmp_path / "rows.svm", n_features=4)
-    np.testing.assert_allclose(got_X, X, rtol=1e-6)
+    assert scipy.sparse.issparse(got_X) and got_X.shape == (12, 4)  # svmlight rows stay sparse, padded to 4
+    np.testing.assert_allclose(got_X.toarray(), X, rtol=1e-6)
     assert got_y.tolist() == y.tolist()
     _write_csv(tmp_path / "rows.csv", X, y)
     assert read_table(tmp_path / "rows.csv", n_features=4)[1].tolist() == y.tolist()
@@ -262,8 +264,23 @@ def test_preprocessing_round_trip_and_errors():
         prep.transform(np.full((2, 3), np.nan))
     with pytest.raises(DataError, match="not among the model's classes"):
         prep.label_indices(np.array([2, 3]))
-    with pytest.raises(ValueError, match="both"):
+    with pytest.raises(ValueError, match="give scale with mean"):
         Preprocessing(3, mean=np.zeros(3))
+    # Scaled without centering (sparse training data): the scale alone goes to the file and back, and
+    # dense and sparse rows are divided alike, sparse rows staying sparse.
+    scaled = Preprocessing.from_arrays(Preprocessing(3, scale=prep.scale).to_arrays())
+    assert scaled.standardized and not scaled.centered and scaled.mean is None
+    np.testing.assert_array_equal(scaled.scale, prep.scale)
+    X[X < 0] = 0.0
+    divided = X.astype(np.float32) / prep.scale.astype(np.float32)
+    np.testing.assert_array_equal(scaled.transform(X), divided)
+    sparse_rows = scipy.sparse.csr_matrix(X)
+    transformed = scaled.transform(sparse_rows)
+    assert scipy.sparse.issparse(transformed) and transformed.data is not sparse_rows.data
+    np.testing.assert_array_equal(transformed.toarray(), divided)
+    np.testing.assert_array_equal(sparse_rows.toarray(), X)  # the caller's rows are unchanged
+    # A centring preprocessing (a model trained on dense rows) takes sparse rows as the dense ones they are.
+    np.testing.assert_array_equal(prep.transform(sparse_rows), prep.transform(X))
     raw = Preprocessing(3, classes=np.array(["1", "2", "x"]))
     assert not raw.standardized and raw.label_indices(np.array([2, 1])).tolist() == [1, 0]
 

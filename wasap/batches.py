@@ -5,9 +5,16 @@ float32 and C-contiguous, and read whole rows of it as register blocks. This mod
 allocates such buffers with every row on a 64-byte boundary (:func:`aligned_empty`)
 and copies the rows of a batch from a samples-by-features ``X`` into them
 (:func:`gather_transposed`), by a numba kernel where numpy's copy would be slower.
+
+A batch of a scipy.sparse CSR ``X`` is not copied at all: it is a :class:`SparseBatch`,
+the batch's row numbers beside ``X``'s CSR arrays, which the first layer's sparse
+kernels (:mod:`wasap.sparse_input`) read in place.
 """
 
+from __future__ import annotations
+
 import numpy as np
+import scipy.sparse
 from numba import njit, prange
 from numpy.typing import DTypeLike
 
@@ -78,15 +85,77 @@ def gather_rows_transposed(X, rows, out):
 WIDE_INPUT = 4096
 
 
-def gather_transposed(X: np.ndarray, rows: np.ndarray | slice, out: np.ndarray | None = None) -> np.ndarray:
-    """Rows of ``X`` as a ``(n_features, len(rows))`` C-contiguous float32 block (the kernels' layout).
+class SparseBatch:
+    """Rows of a scipy.sparse CSR ``X`` as a batch, without copying them: ``X``'s CSR arrays and the row numbers.
 
-    With more than one kernel thread, or inputs of at least :data:`WIDE_INPUT` features,
-    the copy is :func:`gather_rows_transposed`; else numpy's.
+    Stands where a dense batch ``x_t`` of shape ``(n_features, batch)`` would: its
+    :attr:`shape` is that block's, and :class:`wasap.model.SparseMLP`'s batch methods
+    take either. Memory is the row numbers; the kernels read the rows' nonzeros from
+    ``X``'s arrays (:mod:`wasap.sparse_input`).
 
     Parameters
     ----------
-    X : (n_samples, n_features) float32
+    indptr : (n_samples + 1,) int32 or int64
+    indices : (nnz_X,) int32 or int64
+        Of the same dtype as ``indptr``.
+    data : (nnz_X,) float32
+        ``X``'s CSR arrays, as :func:`wasap.data.validate_features` makes them.
+    rows : (batch,) int64
+        The rows of ``X`` in the batch, in batch order.
+    n_features : int
+        Width of ``X``.
+    """
+
+    __slots__ = ("indptr", "indices", "data", "rows", "n_features")
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray,
+                 n_features: int) -> None:
+        self.indptr, self.indices, self.data = indptr, indices, data
+        self.rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self.n_features = int(n_features)
+
+    @classmethod
+    def of(cls, X, rows: np.ndarray | slice) -> SparseBatch:
+        """The batch of rows ``rows`` (an int array, or a slice) of a CSR ``X``.
+
+        Raises
+        ------
+        TypeError
+            When ``X`` is not CSR with float32 values and int32 or int64 indices (what a
+            :class:`~wasap.data.Dataset` or :func:`wasap.data.validate_features` makes of any scipy.sparse ``X``).
+        """
+        if X.format != "csr" or X.dtype != np.float32 or X.indices.dtype not in (np.int32, np.int64) \
+                or X.indptr.dtype != X.indices.dtype:
+            raise TypeError(f"a sparse batch reads a CSR matrix of float32 values with int32 or int64 indices, got "
+                            f"{X.format} of {X.dtype} with {X.indices.dtype} indices; convert X with "
+                            "wasap.data.validate_features(X) (a Dataset does it).")
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(X.shape[0]))
+        return cls(X.indptr, X.indices, X.data, rows, X.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_features, batch)``: the shape of the dense batch it stands for."""
+        return self.n_features, self.rows.shape[0]
+
+    def part(self, start: int, stop: int) -> SparseBatch:
+        """Batch positions ``start:stop`` as a batch of their own (a micro-batch)."""
+        return SparseBatch(self.indptr, self.indices, self.data, self.rows[start:stop], self.n_features)
+
+    def __repr__(self):
+        return f"SparseBatch({self.rows.shape[0]} rows of {self.n_features} features)"
+
+
+def gather_transposed(X, rows: np.ndarray | slice, out: np.ndarray | None = None) -> np.ndarray | SparseBatch:
+    """Rows of ``X`` as a ``(n_features, len(rows))`` C-contiguous float32 block (the kernels' layout).
+
+    With more than one kernel thread, or inputs of at least :data:`WIDE_INPUT` features,
+    the copy is :func:`gather_rows_transposed`; else numpy's. A scipy.sparse CSR ``X``
+    is not copied: its batch is a :class:`SparseBatch` (``out`` unused).
+
+    Parameters
+    ----------
+    X : (n_samples, n_features) float32, or scipy.sparse CSR of float32
     rows : (batch,) int array, or slice
         The rows, in batch order; a slice when walking the rows in order (inference: no
         copy before the transpose on numpy's path).
@@ -95,8 +164,10 @@ def gather_transposed(X: np.ndarray, rows: np.ndarray | slice, out: np.ndarray |
 
     Returns
     -------
-    (n_features, batch) float32, C-contiguous
+    (n_features, batch) float32, C-contiguous, or SparseBatch
     """
+    if scipy.sparse.issparse(X):
+        return SparseBatch.of(X, rows)
     use_kernel = X.shape[1] >= WIDE_INPUT or get_threads() > 1
     if use_kernel and X.dtype == np.float32 and X.flags.c_contiguous:
         if isinstance(rows, slice):

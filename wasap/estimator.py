@@ -23,6 +23,7 @@ import re
 import warnings
 
 import numpy as np
+import scipy.sparse
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -49,7 +50,8 @@ _SHARED = tuple(name for name, spec in HYPERPARAMETERS.items() if spec.estimator
 #: The hyperparameters each estimator class fixes (its output and loss).
 _FIXED = tuple(name for name, spec in HYPERPARAMETERS.items() if not spec.estimator)
 
-# Sparse input is densified (wasap's input layer multiplies dense rows), so any format will do.
+# Sparse input stays sparse: wasap.data.validate_features makes any of these canonical CSR, which the
+# input layer's sparse kernels read (wasap.sparse_input).
 _SPARSE_FORMATS = ("csr", "csc", "coo")
 
 # He initialisation and the default lr assume inputs of about unit scale: a first layer's pre-activations
@@ -198,8 +200,8 @@ class _BaseSparseMLP(BaseEstimator):
         config = self._prepare(X.shape[1], n_outputs, first)
         # wasap.train.fit evaluates a test split every epoch. Without validation data the training data
         # stands in (inference is cheap next to a training epoch) and its metrics are dropped below.
-        data = Dataset("training data", X, y, X if X_val is None else X_val, y if X_val is None else y_val,
-                       getattr(self, "classes_", np.empty(0)))
+        data = Dataset("training data", X, y, X if X_val is None else _same_kind(X_val, X),
+                       y if X_val is None else y_val, getattr(self, "classes_", np.empty(0)))
         log = self._log(validation=X_val is not None)
         # A divergence is detected (non-finite loss or weights) and reported below; numpy's overflow
         # warnings on the way there would only say the same, less clearly.
@@ -302,14 +304,15 @@ class _BaseSparseMLP(BaseEstimator):
 
     def _divergence_advice(self, X):
         """What to change after a divergence: the inputs' scale when it is far from 1, else the step size."""
-        rms = float(np.sqrt(np.max(np.mean(np.square(X, dtype=np.float64), axis=0))))
+        rms = _largest_column_rms(X)
         if rms > _UNSCALED_INPUT_RMS:
             return (f"The inputs are far from unit scale (a feature's root mean square is {rms:.3g}): "
                     f"standardise them, e.g. make_pipeline(StandardScaler(), {type(self).__name__}(...)).")
         return f"Lower lr (now {self.lr:g}), e.g. to {self.lr / 10:g}."
 
     def _validate_X(self, X, *, reset):
-        """Features as float32 rows; scikit-learn's checks of type and width, wasap's of values."""
+        """Features as float32 rows (canonical CSR when sparse); scikit-learn's checks of type and width, wasap's of
+        values."""
         X = validate_data(self, X, reset=reset, accept_sparse=_SPARSE_FORMATS, dtype=np.float32,
                           ensure_all_finite=False)
         return validate_features(X)
@@ -364,9 +367,11 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
 
     Notes
     -----
-    ``X`` may be a scipy.sparse matrix; it is densified to float32, because wasap's input layer takes dense
-    rows (its sparsity is in the weights). Inputs should be scaled (e.g. ``StandardScaler`` in a Pipeline),
-    as the paper standardises every data set.
+    ``X`` may be a scipy.sparse matrix: it stays sparse (CSR, float32) through training and prediction, and
+    the input layer works on its nonzeros, so memory and time follow them rather than ``n_features``
+    (``X_val`` is made the same kind as ``X``). Inputs should be scaled (e.g. ``StandardScaler`` in a
+    Pipeline, ``with_mean=False`` for sparse ones), as the paper standardises every data set. Sparse ``X``
+    trains in one process: ``workers > 1`` refuses it.
 
     When training stops early:
 
@@ -691,6 +696,23 @@ def _document_parameters(cls):
 
 _document_parameters(SparseMLPClassifier)
 _document_parameters(SparseMLPRegressor)
+
+
+def _same_kind(X_val, X):
+    """Validation features of the kind of the training features ``X``: sparse (CSR) with sparse, dense with dense."""
+    if scipy.sparse.issparse(X) and not scipy.sparse.issparse(X_val):
+        return validate_features(scipy.sparse.csr_matrix(X_val), name="X_val")
+    if not scipy.sparse.issparse(X) and scipy.sparse.issparse(X_val):
+        return X_val.toarray()
+    return X_val
+
+
+def _largest_column_rms(X):
+    """The largest root mean square over the columns of ``X`` (dense, or CSR without duplicates), as a float."""
+    if scipy.sparse.issparse(X):
+        squares = np.bincount(X.indices, weights=np.square(X.data, dtype=np.float64), minlength=X.shape[1])
+        return float(np.sqrt(np.max(squares) / X.shape[0]))
+    return float(np.sqrt(np.max(np.mean(np.square(X, dtype=np.float64), axis=0))))
 
 
 def _fit_parallel():

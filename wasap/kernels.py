@@ -100,6 +100,39 @@ def _dropout_range(row, deriv_row, need_deriv, neuron, b_from, batch, groups, ke
             deriv_row[b] *= factor
 
 
+@njit(inline="always")
+def _activate_range(out, d, need_deriv, act, slope, neuron, b_from, batch, groups, use_dropout, keep_threshold,
+                    keep_scale, seed):
+    """Activation, derivative and dropout of one neuron's ``out[b_from:batch]``, pre-activations in place.
+
+    ``d`` receives the derivative when ``need_deriv``. The scalar counterpart of
+    :func:`_fwd_store`'s register blocks, with the same draws."""
+    if act == ACT_PIECEWISE:
+        for b in range(b_from, batch):
+            zb = out[b]
+            if zb > 0:
+                if need_deriv:
+                    d[b] = 1.0
+            else:
+                out[b] = slope * zb
+                if need_deriv:
+                    d[b] = slope
+    elif act == ACT_TANH:
+        for b in range(b_from, batch):
+            t = strict_tanh(out[b])
+            out[b] = t
+            if need_deriv:
+                d[b] = strict_tanh_deriv(t)
+    else:
+        for b in range(b_from, batch):
+            out[b] = 1.0 / (1.0 + np.exp(-out[b]))
+        if need_deriv:
+            for b in range(b_from, batch):
+                d[b] = out[b] * (1.0 - out[b])
+    if use_dropout:
+        _dropout_range(out, d, need_deriv, neuron, b_from, batch, groups, keep_threshold, keep_scale, seed)
+
+
 @njit(parallel=True, **_KERNEL_OPTIONS)
 def forward_layer(col_indptr, col_rows, col_perm, data, bias, a_prev, act, slope,
                   a_out, deriv_out, need_deriv, keep_threshold, keep_scale, dropout_seed):
@@ -184,6 +217,7 @@ def forward_layer(col_indptr, col_rows, col_perm, data, bias, a_prev, act, slope
                         deriv_out, need_deriv, use_dropout, keep_threshold, scale32, dropout_seed, groups)
             c += 16
         out = a_out[j]
+        d = deriv_out[j] if need_deriv else out
         if c < batch:
             # Scalar tail of the batch (fewer than 16 entries).
             for b in range(c, batch):
@@ -193,39 +227,53 @@ def forward_layer(col_indptr, col_rows, col_perm, data, bias, a_prev, act, slope
                 r = a_prev[col_rows[k]]
                 for b in range(c, batch):
                     out[b] = sfma(w, r[b], out[b])
-            if act == ACT_PIECEWISE:
-                d = deriv_out[j] if need_deriv else out
-                for b in range(c, batch):
-                    zb = out[b]
-                    if zb > 0:
-                        if need_deriv:
-                            d[b] = 1.0
-                    else:
-                        out[b] = slope32 * zb
-                        if need_deriv:
-                            d[b] = slope32
-                if use_dropout:
-                    _dropout_range(out, d, need_deriv, j, c, batch, groups, keep_threshold, scale32, dropout_seed)
-            elif act == ACT_TANH:
-                d = deriv_out[j] if need_deriv else out
-                for b in range(c, batch):
-                    t = strict_tanh(out[b])
-                    out[b] = t
-                    if need_deriv:
-                        d[b] = strict_tanh_deriv(t)
-                if use_dropout:
-                    _dropout_range(out, d, need_deriv, j, c, batch, groups, keep_threshold, scale32, dropout_seed)
+            if act != ACT_SIGMOID:
+                _activate_range(out, d, need_deriv, act, slope32, j, c, batch, groups, use_dropout, keep_threshold,
+                                scale32, dropout_seed)
         if act == ACT_SIGMOID:
             # The register blocks stored z: sigmoid is finished over the whole row here.
-            for b in range(batch):
-                out[b] = 1.0 / (1.0 + np.exp(-out[b]))
-            if need_deriv:
-                d = deriv_out[j]
-                for b in range(batch):
-                    d[b] = out[b] * (1.0 - out[b])
-            if use_dropout:
-                _dropout_range(out, deriv_out[j] if need_deriv else out, need_deriv, j, 0, batch, groups,
-                               keep_threshold, scale32, dropout_seed)
+            _activate_range(out, d, need_deriv, act, slope32, j, 0, batch, groups, use_dropout, keep_threshold,
+                            scale32, dropout_seed)
+
+
+@njit(parallel=True, **_KERNEL_OPTIONS)
+def activate_layer(a_out, act, slope, deriv_out, need_deriv, keep_threshold, keep_scale, dropout_seed):
+    """The activation, derivative and dropout of :func:`forward_layer`, on pre-activations already computed.
+
+    For a layer whose ``z = W^T x + bias`` came from elsewhere (the first layer of a
+    sparse batch, :func:`wasap.sparse_input.sparse_preactivation`): ``a_out`` holds
+    ``z`` and becomes ``f(z) * mask * keep_scale``, and ``deriv_out`` receives
+    ``f'(z) * mask * keep_scale``, with the dropout draws :func:`forward_layer` would
+    make for the same neuron, batch position, batch size and seed.
+
+    Parameters
+    ----------
+    a_out : (n_out, batch) float32
+        Pre-activations in, activations out (in place).
+    act : int
+        Activation code (``ACT_*``).
+    slope : float
+        Negative-side slope for ``ACT_PIECEWISE``.
+    deriv_out : (n_out, batch) float32
+        Written when ``need_deriv``.
+    need_deriv : bool
+    keep_threshold : int
+        As in :func:`forward_layer`; ``DROPOUT_RESOLUTION`` keeps all.
+    keep_scale : float
+    dropout_seed : int
+    """
+    n_out = a_out.shape[0]
+    batch = a_out.shape[1]
+    if need_deriv and (deriv_out.shape[0] != n_out or deriv_out.shape[1] != batch):
+        raise ValueError("deriv_out must have the shape of a_out, (n_out, batch).")
+    use_dropout = keep_threshold < DROPOUT_RESOLUTION
+    groups = (batch + 3) // 4
+    scale32 = np.float32(keep_scale)
+    slope32 = np.float32(slope)
+    for j in prange(n_out):
+        out = a_out[j]
+        _activate_range(out, deriv_out[j] if need_deriv else out, need_deriv, act, slope32, j, 0, batch, groups,
+                        use_dropout, keep_threshold, scale32, dropout_seed)
 
 
 # -- backward --------------------------------------------------------------------------------------
@@ -405,6 +453,26 @@ def _bias_step(delta, bias, bias_velocity, bias_grad_out, mode, lr, momentum):
             bias_grad_out[j] += g
         else:
             bias_grad_out[j] = g
+
+
+@njit(parallel=True, **_KERNEL_OPTIONS)
+def bias_step(delta, bias, bias_velocity, bias_grad_out, mode, lr, momentum):
+    """The bias step of :func:`backward_layer` on its own, for a layer whose weights are stepped elsewhere.
+
+    Parameters
+    ----------
+    delta : (n_out, batch) float32
+        dLoss/dz of the layer's output; the bias gradient is ``delta.sum(axis=1)``.
+    bias, bias_velocity : (n_out,) float32
+        Updated in place in ``MODE_UPDATE`` (no weight decay).
+    bias_grad_out : (n_out,) float32
+        Written in ``MODE_GRADIENT``, added to in ``MODE_ACCUMULATE``.
+    mode : int
+    lr, momentum : float
+    """
+    if bias.shape[0] != delta.shape[0] or (mode != MODE_UPDATE and bias_grad_out.shape[0] != delta.shape[0]):
+        raise ValueError("bias (and bias_grad_out outside MODE_UPDATE) must have shape (n_out,), as delta's rows.")
+    _bias_step(delta, bias, bias_velocity, bias_grad_out, mode, np.float32(lr), np.float32(momentum))
 
 
 # -- the loss at the output ------------------------------------------------------------------------------

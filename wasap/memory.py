@@ -26,6 +26,11 @@ outputs, batch buffers of ``b`` samples):
 - evaluation: an input block and two buffers of the widest layer per inference batch size;
 - building a layer, and SET rewiring one, take transients of their own (see
   :func:`init_peak_bytes` and :func:`evolution_transient_bytes`).
+
+With a sparse ``X`` (scipy.sparse CSR, :mod:`wasap.sparse_input`) the data take their nonzeros'
+bytes, and no input block of ``n_0 x b`` exists, in training or evaluation: the workspaces lose
+their ``4 b n_0``, and each batch takes instead the transients of its nonzeros
+(:func:`sparse_batch_bytes`).
 """
 
 import math
@@ -33,6 +38,8 @@ import os
 import re
 from dataclasses import dataclass
 from types import SimpleNamespace
+
+import scipy.sparse
 
 from .config import ConfigError
 from .model import SparseMLP
@@ -178,19 +185,43 @@ def evolution_transient_bytes(n_in, n_out, nnz, zeta):
     return max(structure, 10 * positions + 16 * free + 8 * removed + nnz)
 
 
-def training_workspace_bytes(sizes, batch):
+def training_workspace_bytes(sizes, batch, sparse_input=False):
     """Bytes of a training :class:`wasap.model.Workspace` of ``batch`` samples.
 
-    The input block, every layer's activations and derivatives, and the output's delta.
+    The input block (none for a sparse ``X``), every layer's activations and derivatives, and
+    the output's delta.
     """
-    values = sizes[0] + 2 * sum(sizes[1:]) + sizes[-1]
-    buffers = 2 * len(sizes)
+    values = (0 if sparse_input else sizes[0]) + 2 * sum(sizes[1:]) + sizes[-1]
+    buffers = 2 * len(sizes) - (1 if sparse_input else 0)
     return 4 * batch * values + _ALIGNMENT_SLACK * buffers
 
 
-def evaluation_workspace_bytes(sizes, batch):
-    """Bytes of an inference :class:`wasap.model.Workspace`: the input and two buffers of the widest layer."""
-    return 4 * batch * (sizes[0] + 2 * max(sizes[1:])) + 3 * _ALIGNMENT_SLACK
+def evaluation_workspace_bytes(sizes, batch, sparse_input=False):
+    """Bytes of an inference :class:`wasap.model.Workspace`: the input (none for a sparse ``X``) and two
+    buffers of the widest layer."""
+    return 4 * batch * ((0 if sparse_input else sizes[0]) + 2 * max(sizes[1:])) + 3 * _ALIGNMENT_SLACK
+
+
+def sparse_batch_bytes(sizes, batch, row_nnz):
+    """Transient bytes of one batch of a sparse ``X`` in the first layer's kernels (:mod:`wasap.sparse_input`).
+
+    The batch in feature-major order for the weight gradient (keys, their sort order, positions
+    and values of its nonzeros: 48 bytes a nonzero at most) and a forward scratch block of
+    16 samples of the first layer's outputs.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+    batch : int
+    row_nnz : float
+        Mean nonzeros of a row of ``X``.
+    """
+    return int(48 * math.ceil(batch * row_nnz)) + 4 * 16 * sizes[1]
+
+
+def sparse_data_bytes(row_nnz, n_rows, index_bytes=4):
+    """Bytes of ``n_rows`` rows of a CSR ``X`` (float32 values, ``index_bytes`` indices) and their int64 labels."""
+    return int(math.ceil((4 + index_bytes) * row_nnz * n_rows)) + (index_bytes + 8) * n_rows
 
 
 def eval_batch_size(sizes):
@@ -229,7 +260,7 @@ def training_part_sizes(n_train, batch_size, micro_batch=None):
 
 
 def estimate_run(sizes, *, epsilon, batch_size, n_train, n_test, micro_batch=None, epochs=1, zeta=0.3,
-                 fallback_copy=False, data_bytes=None, baseline=BASELINE_BYTES):
+                 fallback_copy=False, data_bytes=None, baseline=BASELINE_BYTES, sparse_row_nnz=None):
     """Estimated peak resident memory of a sequential run, from its shapes alone.
 
     The peak is the largest of the moments a run goes through: building the model
@@ -256,20 +287,25 @@ def estimate_run(sizes, *, epsilon, batch_size, n_train, n_test, micro_batch=Non
         Whether :func:`wasap.train.fit` keeps a snapshot of the model in memory to fall
         back on (it does without an output folder; with one, its checkpoints serve).
     data_bytes : int, optional
-        Bytes of the loaded data; default: float32 features and int64 labels of both splits.
+        Bytes of the loaded data; default: float32 features and int64 labels of both splits (the
+        CSR arrays of :func:`sparse_data_bytes` for a sparse ``X``).
     baseline : int
         Bytes of the interpreter and its libraries.
+    sparse_row_nnz : float, optional
+        For a sparse ``X`` (CSR), the mean nonzeros of its rows; None for dense ``X``.
 
     Returns
     -------
     MemoryEstimate
     """
     sizes = [int(n) for n in sizes]
+    sparse = sparse_row_nnz is not None
     layers = list(zip(sizes, sizes[1:], network_nnz(sizes, epsilon)))
     weights = sum(layer_bytes(*layer) for layer in layers)
     split = micro_batch is not None and micro_batch < batch_size
     if data_bytes is None:
-        data_bytes = (4 * sizes[0] + 8) * (n_train + n_test)
+        data_bytes = (sparse_data_bytes(sparse_row_nnz, n_train + n_test) if sparse
+                      else (4 * sizes[0] + 8) * (n_train + n_test))
     # The largest blocks freed are a layer's int64 keys and rows (at initialisation and SET).
     kept_heap = 2 * min(_MALLOC_MMAP_THRESHOLD_MAX, 8 * max(nnz for _, _, nnz in layers))
     held = {"baseline": baseline, "data": data_bytes, "freed heap malloc keeps": kept_heap}
@@ -284,17 +320,21 @@ def estimate_run(sizes, *, epsilon, batch_size, n_train, n_test, micro_batch=Non
     if fallback_copy:
         model["fallback copy"] = sum(snapshot_bytes(*layer) for layer in layers)
     training = dict(model)
-    training["training buffers"] = sum(training_workspace_bytes(sizes, part)
-                                       for part in training_part_sizes(n_train, batch_size, micro_batch))
+    parts = training_part_sizes(n_train, batch_size, micro_batch)
+    training["training buffers"] = sum(training_workspace_bytes(sizes, part, sparse) for part in parts)
     if split and any(size > micro_batch for size in batch_sizes(n_train, batch_size)):
         training["gradient accumulators"] = 4 * sum(nnz for _, _, nnz in layers) + 4 * sum(sizes[1:])
-    # The shuffled order, and with split batches a gathered batch beside the next one.
-    training["batch gathering"] = 8 * n_train + (2 * 4 * sizes[0] * batch_size if split else 0)
+    # The shuffled order, and with split batches a gathered batch beside the next one (a sparse batch
+    # is its row numbers: its nonzeros' transients instead).
+    if sparse:
+        training["batch gathering"] = 8 * n_train + sparse_batch_bytes(sizes, max(parts), sparse_row_nnz)
+    else:
+        training["batch gathering"] = 8 * n_train + (2 * 4 * sizes[0] * batch_size if split else 0)
     phases["training"] = training
 
     evaluation = dict(training)
     evaluation["evaluation buffers"] = (
-        sum(evaluation_workspace_bytes(sizes, rows) for rows in batch_sizes(n_test, eval_batch_size(sizes)))
+        sum(evaluation_workspace_bytes(sizes, rows, sparse) for rows in batch_sizes(n_test, eval_batch_size(sizes)))
         + 4 * n_test * sizes[-1] + 16 * n_test
     )
     phases["evaluation"] = evaluation
@@ -309,12 +349,12 @@ def estimate_run(sizes, *, epsilon, batch_size, n_train, n_test, micro_batch=Non
 
 
 def estimate_config(config, n_features, n_outputs, n_train, n_test, *, fallback_copy=False, data_bytes=None,
-                    baseline=BASELINE_BYTES):
+                    baseline=BASELINE_BYTES, sparse_row_nnz=None):
     """:func:`estimate_run` of a :class:`wasap.config.TrainConfig` on data of the given shape."""
     return estimate_run(
         [n_features, *config.hidden, n_outputs], epsilon=config.epsilon, batch_size=config.batch_size,
         n_train=n_train, n_test=n_test, micro_batch=config.micro_batch, epochs=config.epochs, zeta=config.zeta,
-        fallback_copy=fallback_copy, data_bytes=data_bytes, baseline=baseline,
+        fallback_copy=fallback_copy, data_bytes=data_bytes, baseline=baseline, sparse_row_nnz=sparse_row_nnz,
     )
 
 
@@ -559,7 +599,9 @@ class DataShape:
     ----------
     n_features, n_classes, n_train, n_test : int
     nbytes : int
-        Bytes of the features and labels of both splits.
+        Bytes of the features and labels of both splits (of their CSR arrays when sparse).
+    sparse_row_nnz : float or None
+        Mean nonzeros of a training row when the features are sparse (CSR); None when dense.
     """
 
     n_features: int
@@ -567,12 +609,19 @@ class DataShape:
     n_train: int
     n_test: int
     nbytes: int
+    sparse_row_nnz: float = None
 
     @classmethod
     def of(cls, data):
         """The shape of a :class:`wasap.data.Dataset`."""
-        nbytes = sum(array.nbytes for array in (data.X_train, data.y_train, data.X_test, data.y_test))
-        return cls(data.n_features, data.n_classes, data.n_train, data.n_test, nbytes)
+        arrays = [data.y_train, data.y_test]
+        row_nnz = None
+        for X in (data.X_train, data.X_test):
+            arrays.extend((X.data, X.indices, X.indptr) if scipy.sparse.issparse(X) else (X,))
+        if scipy.sparse.issparse(data.X_train):
+            row_nnz = data.X_train.nnz / data.n_train
+        return cls(data.n_features, data.n_classes, data.n_train, data.n_test,
+                   sum(array.nbytes for array in arrays), row_nnz)
 
 
 def plan_run(config, data, *, budget=None, fallback_copy=False, log=None, available=None):
@@ -618,7 +667,8 @@ def plan_run(config, data, *, budget=None, fallback_copy=False, log=None, availa
             return estimate_parallel_config(cfg, shape.n_features, shape.n_classes, shape.n_train, shape.n_test,
                                             data_bytes=shape.nbytes)
         return estimate_config(cfg, shape.n_features, shape.n_classes, shape.n_train, shape.n_test,
-                               fallback_copy=fallback_copy, data_bytes=shape.nbytes)
+                               fallback_copy=fallback_copy, data_bytes=shape.nbytes,
+                               sparse_row_nnz=shape.sparse_row_nnz)
 
     # The parallel trainer does not split batches.
     if config.micro_batch is not None or config.workers > 1:

@@ -4,6 +4,10 @@ A :class:`SparseLayer` is a weight matrix ``W`` of shape ``(n_in, n_out)`` that
 exists only as its nonzeros. A :class:`SparseMLP` chains them; its batch
 methods take inputs transposed, ``(n_features, batch)``, and keep every buffer
 in a :class:`Workspace` so that a training step allocates nothing large.
+
+A batch may also be a :class:`wasap.batches.SparseBatch`, rows of a scipy.sparse CSR
+``X``: the first layer then runs on the batch's nonzeros (:mod:`wasap.sparse_input`)
+and no ``(n_features, batch)`` block exists; the layers above run as for dense input.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import numpy as np
 import scipy.sparse
 from numpy.typing import ArrayLike
 
-from . import activations, kernels, topology
-from .batches import aligned_empty, gather_transposed
+from . import activations, kernels, sparse_input, topology
+from .batches import SparseBatch, aligned_empty, gather_transposed
 from .data import validate_features
 from .files import atomic_file
 from .optim import SAME_RATES, LayerRates, momentum_step
@@ -193,7 +197,8 @@ def _float32(values, shape, name):
 class Workspace:
     """Preallocated per-layer buffers of one batch size, all ``(neurons, batch)`` float32.
 
-    ``x_t`` is a place to gather the input batch into, ``activations[l]`` is
+    ``x_t`` is a place to gather a dense input batch into (allocated at its first use:
+    a sparse batch needs none), ``activations[l]`` is
     the output of layer ``l`` (1-based; index 0 is the caller's input),
     ``derivs[l]`` holds ``f'(z_l)`` times the dropout mask and
     is overwritten in place by the backward pass with ``delta_l`` (the two are
@@ -206,7 +211,8 @@ class Workspace:
         # 64-byte aligned rows: the kernels' vector loads are slower across cache lines.
         buffer = aligned_empty
         empty = np.empty((0, 0), dtype=np.float32)
-        self.x_t = buffer((sizes[0], batch))
+        self.n_features = int(sizes[0])
+        self._x_t = None
         if training:
             self.activations = [None] + [buffer((n, batch)) for n in sizes[1:]]
         else:
@@ -217,6 +223,13 @@ class Workspace:
                                          for l, n in enumerate(sizes[1:])]
         self.derivs = [empty] + [buffer((n, batch)) if training else empty for n in sizes[1:]]
         self.delta_out = buffer((sizes[-1], batch)) if training else empty
+
+    @property
+    def x_t(self) -> np.ndarray:
+        """``(n_features, batch)`` float32, 64-byte aligned: where a dense batch is gathered."""
+        if self._x_t is None:
+            self._x_t = aligned_empty((self.n_features, self.batch))
+        return self._x_t
 
 
 class SparseMLP:
@@ -360,8 +373,8 @@ class SparseMLP:
 
         Parameters
         ----------
-        x_t : (n_features, batch) float32, C-contiguous
-            The batch, transposed.
+        x_t : (n_features, batch) float32, C-contiguous, or wasap.batches.SparseBatch
+            The batch, transposed, or rows of a sparse ``X``.
         ws : Workspace
             Of this batch size; a training workspace also records derivatives.
         dropout : float
@@ -382,6 +395,15 @@ class SparseMLP:
         for l, layer in enumerate(self.layers):
             act, slope = self._codes[l]
             a_out = ws.activations[l + 1]
+            if l == 0 and isinstance(x_t, SparseBatch):
+                # The pre-activation is written where the activation goes, and activated in place.
+                sparse_input.sparse_preactivation(x_t.indptr, x_t.indices, x_t.data, x_t.rows, layer.indptr,
+                                                  layer.indices, layer.data, layer.bias, a_out)
+                kernels.activate_layer(a_out, act, slope, ws.derivs[1], ws.training,
+                                       full if l == last else keep_threshold, 1.0 if l == last else keep_scale,
+                                       stream_seed(dropout_seed, l))
+                a_prev = a_out
+                continue
             kernels.forward_layer(
                 layer.col_indptr, layer.col_rows, layer.col_perm, layer.data, layer.bias, a_prev, act, slope,
                 a_out, ws.derivs[l + 1], ws.training,
@@ -423,7 +445,8 @@ class SparseMLP:
         in the kernel, each layer at its :meth:`wasap.optim.LayerRates.layer_lr`) and so are
         the biases; otherwise the gradients are written to ``grads[l]``
         ``(nnz_l,)`` and ``bias_grads[l]`` ``(n_out_l,)`` (added to them with
-        ``accumulate``) and the model is left unchanged.
+        ``accumulate``) and the model is left unchanged. ``x_t`` is the batch given to
+        :meth:`forward` (dense, or a :class:`~wasap.batches.SparseBatch`).
         """
         update = grads is None
         if update:
@@ -435,6 +458,11 @@ class SparseMLP:
         sizes = self.sizes
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
+            if l == 0 and isinstance(x_t, SparseBatch):
+                self._sparse_input_backward(x_t, delta, mode, empty if update else grads[0],
+                                            empty if update else bias_grads[0], rates.layer_lr(lr, 0, sizes, layer.nnz),
+                                            momentum, weight_decay)
+                break
             a_prev = ws.activations[l] if l > 0 else x_t
             below = ws.derivs[l]
             kernels.backward_layer(
@@ -444,6 +472,18 @@ class SparseMLP:
             )
             delta = below
 
+    def _sparse_input_backward(self, batch, delta, mode, grad, bias_grad, lr, momentum, weight_decay):
+        """The first layer's part of :meth:`backward` for a sparse batch: no delta below the input is needed."""
+        layer = self.layers[0]
+        kernels.bias_step(delta, layer.bias, layer.bias_velocity, bias_grad, mode, lr, momentum)
+        if mode == kernels.MODE_UPDATE:
+            sparse_input.sparse_weight_update(batch.indptr, batch.indices, batch.data, batch.rows, layer.indptr,
+                                              layer.indices, layer.data, layer.velocity, delta, lr, momentum,
+                                              weight_decay)
+        else:
+            sparse_input.sparse_weight_gradient(batch.indptr, batch.indices, batch.data, batch.rows, layer.indptr,
+                                                layer.indices, delta, grad, mode)
+
     def train_batch(self, x_t: np.ndarray, target: np.ndarray, *, lr: float, momentum: float, weight_decay: float,
                     dropout: float = 0.0, dropout_seed: int = 0, micro_batch: int | None = None,
                     rates: LayerRates = SAME_RATES) -> tuple[float, int]:
@@ -451,7 +491,7 @@ class SparseMLP:
 
         Parameters
         ----------
-        x_t : (n_features, batch) float32
+        x_t : (n_features, batch) float32, or wasap.batches.SparseBatch
         target : (batch,) int or (n_outputs, batch) float32
         lr, momentum, weight_decay, dropout : float
         dropout_seed : int
@@ -484,13 +524,17 @@ class SparseMLP:
         for part, start in enumerate(range(0, batch, micro_batch)):
             stop = min(start + micro_batch, batch)
             ws = self.workspace(stop - start, training=True)
-            ws.x_t[...] = x_t[:, start:stop]
-            output = self.forward(ws.x_t, ws, dropout=dropout, dropout_seed=stream_seed(dropout_seed, part))
+            if isinstance(x_t, SparseBatch):
+                x_part = x_t.part(start, stop)
+            else:
+                x_part = ws.x_t
+                x_part[...] = x_t[:, start:stop]
+            output = self.forward(x_part, ws, dropout=dropout, dropout_seed=stream_seed(dropout_seed, part))
             part_target = target[start:stop] if target.ndim == 1 else target[:, start:stop]
             loss, n_correct = self.loss_and_delta(output, part_target, ws)
             # The part's delta is a mean over its samples; the batch's gradient is a mean over the batch.
             ws.delta_out *= np.float32((stop - start) / batch)
-            self.backward(ws.x_t, ws, grads=grads, bias_grads=bias_grads, accumulate=True)
+            self.backward(x_part, ws, grads=grads, bias_grads=bias_grads, accumulate=True)
             total_loss += loss * (stop - start)
             total_correct += n_correct
         sizes = self.sizes
@@ -514,7 +558,11 @@ class SparseMLP:
     def gradient_batch(self, x_t: np.ndarray, target: np.ndarray, grads: Sequence[np.ndarray],
                        bias_grads: Sequence[np.ndarray], *, dropout: float = 0.0,
                        dropout_seed: int = 0) -> tuple[float, int]:
-        """Gradients of a batch's mean loss, written into ``grads``/``bias_grads``; returns ``(loss, n_correct)``."""
+        """Gradients of a batch's mean loss, written into ``grads``/``bias_grads``; returns ``(loss, n_correct)``.
+
+        ``x_t`` as in :meth:`train_batch`: dense ``(n_features, batch)`` float32 or a
+        :class:`~wasap.batches.SparseBatch`.
+        """
         ws = self.workspace(x_t.shape[1], training=True)
         output = self.forward(x_t, ws, dropout=dropout, dropout_seed=dropout_seed)
         loss, n_correct = self.loss_and_delta(output, target, ws)
@@ -542,7 +590,9 @@ class SparseMLP:
 
         Parameters
         ----------
-        X : (n_samples, n_features) float32
+        X : (n_samples, n_features) float32, or scipy.sparse
+            A sparse ``X`` stays sparse (as :func:`wasap.data.validate_features` makes it CSR):
+            its batches are :class:`~wasap.batches.SparseBatch` rows, never dense blocks.
         batch_size : int, optional
 
         Returns
@@ -550,7 +600,7 @@ class SparseMLP:
         (n_samples, n_outputs) float32
             Class probabilities for softmax, else the output activations.
         """
-        X = np.asarray(X, dtype=np.float32)
+        X = validate_features(X, name="X") if scipy.sparse.issparse(X) else np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(
                 f"X has shape {X.shape} but this model takes {self.n_features} features per sample: "
@@ -559,13 +609,13 @@ class SparseMLP:
         batch_size = batch_size or self.eval_batch_size()
         out = np.empty((X.shape[0], self.n_outputs), dtype=np.float32)
         for start in range(0, X.shape[0], batch_size):
-            block = X[start:start + batch_size]
-            ws = self.workspace(block.shape[0], training=False)
-            gather_transposed(X, slice(start, start + block.shape[0]), ws.x_t)
-            output = self.forward(ws.x_t, ws)
+            stop = min(start + batch_size, X.shape[0])
+            ws = self.workspace(stop - start, training=False)
+            x_t = gather_transposed(X, slice(start, stop), None if scipy.sparse.issparse(X) else ws.x_t)
+            output = self.forward(x_t, ws)
             if self.output_activation == "softmax":
                 output = activations.softmax(output.copy())
-            out[start:start + block.shape[0]] = output.T
+            out[start:stop] = output.T
         return out
 
     def evaluate(self, X: ArrayLike, y: ArrayLike, batch_size: int | None = None) -> tuple[float, float]:
@@ -573,7 +623,7 @@ class SparseMLP:
 
         Parameters
         ----------
-        X : (n_samples, n_features) float32
+        X : (n_samples, n_features) float32, or scipy.sparse (kept sparse, see :meth:`predict_output`)
         y : (n_samples,) int class indices, or (n_samples, n_outputs) float targets for mse
 
         Returns
@@ -596,8 +646,9 @@ class SparseMLP:
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Raw features: :attr:`preprocessing` (when set) is applied first.
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
+            Raw features: :attr:`preprocessing` (when set) is applied first. Sparse rows
+            stay sparse (:meth:`predict_output`).
         batch_size : int, optional
 
         Returns
@@ -622,8 +673,9 @@ class SparseMLP:
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Raw features: :attr:`preprocessing` (when set) is applied first.
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
+            Raw features: :attr:`preprocessing` (when set) is applied first. Sparse rows
+            stay sparse (:meth:`predict_output`).
         batch_size : int, optional
 
         Returns

@@ -4,7 +4,12 @@
 :meth:`Preprocessing.transform` (the same scaling applied to new raw rows) share one computation,
 :func:`standardize_in_place`. A :class:`Preprocessing` holds the per-feature mean and scale the training split was standardised
 with (or none, for a run with ``--no-standardize``), the number of features, and the label values
-behind the class indices. :meth:`SparseMLP.save <wasap.model.SparseMLP.save>` stores it in the model
+behind the class indices.
+
+Sparse features (scipy.sparse) are scaled without centering, ``x / scale``, as scikit-learn's
+``StandardScaler(with_mean=False)`` does: subtracting a mean would make every zero nonzero, and the
+data dense. Their scale is the train split's standard deviation, zeros included, computed from the
+nonzeros (:func:`sparse_column_scale`); the preprocessing then has a scale and no mean. :meth:`SparseMLP.save <wasap.model.SparseMLP.save>` stores it in the model
 file and :meth:`SparseMLP.load <wasap.model.SparseMLP.load>` restores it, so that
 :meth:`SparseMLP.predict <wasap.model.SparseMLP.predict>` takes raw rows.
 """
@@ -12,6 +17,7 @@ file and :meth:`SparseMLP.load <wasap.model.SparseMLP.load>` restores it, so tha
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 
 from .data.validation import DataError, rows_per_chunk, validate_features
 
@@ -30,7 +36,8 @@ class Preprocessing:
     n_features : int
         Features of a raw row.
     mean, scale : (n_features,) float64, optional
-        Standardisation ``(x - mean) / scale``; both or neither (raw features go in unchanged).
+        Standardisation ``(x - mean) / scale``; ``scale`` alone scales without centering,
+        ``x / scale`` (sparse training data); neither: raw features go in unchanged.
     classes : (n_classes,) array, optional
         The label value of each class index (``Dataset.classes``); None for a model that
         predicts values rather than classes.
@@ -40,8 +47,9 @@ class Preprocessing:
         self.n_features = int(n_features)
         if self.n_features < 1:
             raise ValueError(f"n_features must be a positive integer, got {n_features!r}.")
-        if (mean is None) != (scale is None):
-            raise ValueError("give both mean and scale (standardised features) or neither (raw features).")
+        if mean is not None and scale is None:
+            raise ValueError("give scale with mean (standardised features), scale alone (features scaled without "
+                             "centering) or neither (raw features).")
         self.mean = None if mean is None else _statistic(mean, self.n_features, "mean")
         self.scale = None if scale is None else _statistic(scale, self.n_features, "scale")
         if self.scale is not None and not (self.scale > 0).all():
@@ -50,7 +58,12 @@ class Preprocessing:
 
     @property
     def standardized(self):
-        """Whether features are standardised (False: raw features go in unchanged)."""
+        """Whether features are scaled, centred or not (False: raw features go in unchanged)."""
+        return self.scale is not None
+
+    @property
+    def centered(self):
+        """Whether a mean is subtracted from the features (False for sparse training data, and for raw features)."""
         return self.mean is not None
 
     def transform(self, X):
@@ -58,13 +71,15 @@ class Preprocessing:
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             Raw features, in the columns and order of the training data.
 
         Returns
         -------
-        ndarray of shape (n_samples, n_features), float32, C-contiguous
-            A standardised copy (``X`` itself is never modified).
+        ndarray of shape (n_samples, n_features), float32, C-contiguous; or scipy.sparse CSR
+            A standardised copy (``X`` itself is never modified). Sparse rows stay sparse
+            (:func:`wasap.data.validate_features`), unless the preprocessing centres them (a
+            model trained on dense data): centred rows are dense, so they are densified.
 
         Raises
         ------
@@ -80,7 +95,9 @@ class Preprocessing:
             )
         if not self.standardized:
             return checked
-        out = checked.copy() if np.may_share_memory(checked, X) else checked
+        if scipy.sparse.issparse(checked) and self.centered:
+            checked = checked.toarray()
+        out = checked.copy() if _shares_memory(checked, X) else checked
         standardize_in_place(out, self.mean, self.scale)
         return out
 
@@ -130,8 +147,9 @@ class Preprocessing:
     def to_arrays(self):
         """The model file's arrays: a dict of name to ndarray (:data:`N_FEATURES_KEY`, ...)."""
         arrays = {N_FEATURES_KEY: np.array(self.n_features, dtype=np.int64)}
-        if self.standardized:
+        if self.centered:
             arrays[MEAN_KEY] = self.mean
+        if self.standardized:
             arrays[SCALE_KEY] = self.scale
         if self.classes is not None:
             arrays[CLASSES_KEY] = self.classes
@@ -168,7 +186,7 @@ class Preprocessing:
             raise ValueError(f"the preprocessing arrays are inconsistent: {error}") from error
 
     def __repr__(self):
-        kind = "standardized" if self.standardized else "raw"
+        kind = ("standardized" if self.centered else "scaled without centering") if self.standardized else "raw"
         classes = "values" if self.classes is None else f"{len(self.classes)} classes"
         return f"Preprocessing({self.n_features} features, {kind}, {classes})"
 
@@ -176,20 +194,24 @@ class Preprocessing:
 def standardize(X_train, X_test=None, *, copy: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Standardise each feature with the train split's mean and standard deviation.
 
+    Sparse splits (scipy.sparse, both) are scaled without centering (the module's docstring says why).
+
     Parameters
     ----------
-    X_train : array-like of shape (n_train, n_features)
+    X_train : array-like or scipy.sparse matrix of shape (n_train, n_features)
         The statistics come from this split only (population std, ddof=0).
-    X_test : array-like of shape (n_test, n_features), optional
+    X_test : array-like or scipy.sparse matrix of shape (n_test, n_features), optional
         Transformed with the train split's statistics.
     copy : bool
-        False standardises float32 C-contiguous inputs in place (no extra memory for multi-GB data).
+        False standardises float32 C-contiguous inputs (canonical float32 CSR when sparse) in place
+        (no extra memory for multi-GB data).
 
     Returns
     -------
     X_train, X_test : ndarrays of shapes (n_train, n_features) and (n_test, n_features), float32
-        ``X_test`` is None when none was given. A feature that is constant on the train split has
-        std 0; it is divided by 1 instead, so it becomes exactly 0 on the train split.
+        (CSR matrices when sparse). ``X_test`` is None when none was given. A feature that is
+        constant on the train split has std 0; it is divided by 1 instead, so it becomes exactly 0
+        on the train split when centred.
 
     Raises
     ------
@@ -203,6 +225,8 @@ def standardize(X_train, X_test=None, *, copy: bool = True) -> tuple[np.ndarray,
             f"X_train has {train.shape[1]} features but X_test has {test.shape[1]}; both splits need the "
             "same columns in the same order."
         )
+    if test is not None and scipy.sparse.issparse(train) != scipy.sparse.issparse(test):
+        raise DataError("one of X_train and X_test is sparse and the other dense; give both splits the same kind.")
     standardize_splits_in_place(train, test)
     return train, test
 
@@ -214,14 +238,21 @@ def standardize_splits_in_place(X_train: np.ndarray, X_test: np.ndarray | None =
     Parameters
     ----------
     X_train : ndarray of shape (n_train, n_features), float32, writable, finite
+        Or a scipy.sparse CSR matrix of float32 values (:func:`wasap.data.validate_features`),
+        scaled without centering.
     X_test : ndarray of shape (n_test, n_features), float32, writable, finite, optional
+        Of the same kind as ``X_train``.
 
     Returns
     -------
     mean, scale : ndarrays of shape (n_features,), float64
-        The statistics of :func:`column_statistics`.
+        The statistics of :func:`column_statistics`; for sparse splits ``mean`` is None and
+        ``scale`` that of :func:`sparse_column_scale`.
     """
-    mean, scale = column_statistics(X_train)
+    if scipy.sparse.issparse(X_train):
+        mean, scale = None, sparse_column_scale(X_train)
+    else:
+        mean, scale = column_statistics(X_train)
     for X in (X_train, X_test):
         if X is not None:
             standardize_in_place(X, mean, scale)
@@ -263,7 +294,61 @@ def column_statistics(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def standardize_in_place(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> None:
+def sparse_column_scale(X) -> np.ndarray:
+    """Per-column standard deviation of a sparse ``X``, zeros included, from its nonzeros alone.
+
+    What scikit-learn's ``StandardScaler(with_mean=False)`` divides by: the population std
+    (ddof=0) of each column over all ``n_samples`` rows, computed in float64 as
+    ``(sum over nonzeros of (x - mean)**2 + n_zeros * mean**2) / n_samples``. Temporaries are
+    of the nonzeros (in blocks), of the columns that hold a value, and a byte per column; nothing
+    of ``n_samples x n_features``.
+
+    Parameters
+    ----------
+    X : scipy.sparse CSR of shape (n_samples, n_features), finite, no duplicate entries
+
+    Returns
+    -------
+    scale : ndarray of shape (n_features,), float64
+        1 for a constant column (all its values equal, zeros included) or one of std 0.
+    """
+    n_samples, n_features = X.shape
+    stop = int(X.indptr[-1])
+    indices, values = X.indices[:stop], X.data[:stop]
+    blocks = [(start, min(start + _SPARSE_BLOCK, stop)) for start in range(0, stop, _SPARSE_BLOCK)]
+    # The statistics are kept for the columns that hold a value only: a file may name feature 10**8 and
+    # hold a few thousand; the others are all zeros, of scale 1.
+    seen = np.zeros(n_features, dtype=bool)
+    for start, end in blocks:
+        seen[indices[start:end]] = True
+    occurring = np.flatnonzero(seen)
+    del seen
+    count = np.zeros(occurring.shape[0])
+    total = np.zeros(occurring.shape[0])
+    for start, end in blocks:
+        columns = np.searchsorted(occurring, indices[start:end])
+        count += np.bincount(columns, minlength=occurring.shape[0])
+        total += np.bincount(columns, weights=values[start:end].astype(np.float64), minlength=occurring.shape[0])
+    mean = total / n_samples
+    # A column's extremes over its stored values, and over its zeros where it has any.
+    full = count == n_samples
+    lowest = np.where(full, np.inf, 0.0)
+    highest = np.where(full, -np.inf, 0.0)
+    squares = (n_samples - count) * mean * mean
+    for start, end in blocks:
+        columns, block = np.searchsorted(occurring, indices[start:end]), values[start:end].astype(np.float64)
+        np.minimum.at(lowest, columns, block)
+        np.maximum.at(highest, columns, block)
+        centred = block - mean[columns]
+        squares += np.bincount(columns, weights=centred * centred, minlength=occurring.shape[0])
+    occurring_std = np.sqrt(squares / n_samples)
+    occurring_std[(lowest == highest) | (occurring_std == 0)] = 1.0
+    std = np.ones(n_features)
+    std[occurring] = occurring_std
+    return std
+
+
+def standardize_in_place(X, mean: np.ndarray | None, scale: np.ndarray) -> None:
     """Standardise the columns of ``X`` in place: ``(X - mean) / scale``, in ``X``'s own dtype.
 
     The training split (:func:`wasap.load_dataset`) and new rows (:meth:`Preprocessing.transform`)
@@ -271,19 +356,51 @@ def standardize_in_place(X: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> 
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features), floating point, writable
-    mean, scale : ndarray of shape (n_features,)
+    X : ndarray of shape (n_samples, n_features), floating point, writable; or scipy.sparse CSR
+        A sparse ``X`` has its stored values divided (``mean`` must be None).
+    mean : ndarray of shape (n_features,), or None
+        None scales without centering: ``X / scale``.
+    scale : ndarray of shape (n_features,)
+
+    Raises
+    ------
+    ValueError
+        For a sparse ``X`` with a ``mean``: centering would densify it.
     """
-    X -= np.asarray(mean).astype(X.dtype)
-    X /= np.asarray(scale).astype(X.dtype)
+    scale = np.asarray(scale).astype(X.dtype)
+    if scipy.sparse.issparse(X):
+        if mean is not None:
+            raise ValueError("a sparse X is scaled without centering: give mean=None, or a dense X.")
+        stop = int(X.indptr[-1])
+        for start in range(0, stop, _SPARSE_BLOCK):
+            end = min(start + _SPARSE_BLOCK, stop)
+            X.data[start:end] /= scale[X.indices[start:end]]
+        return
+    if mean is not None:
+        X -= np.asarray(mean).astype(X.dtype)
+    X /= scale
 
 
-def _writable_features(X, name: str, copy: bool) -> np.ndarray:
+#: Nonzeros per block of the sparse statistics and scaling: their temporaries stay a few MiB.
+_SPARSE_BLOCK = 1 << 19
+
+
+def _writable_features(X, name: str, copy: bool):
     """Validated float32 features that are safe to modify: a copy when ``copy`` and they share the input."""
     checked = validate_features(X, name=name)
-    if (copy and isinstance(X, np.ndarray) and np.may_share_memory(X, checked)) or not checked.flags.writeable:
+    if scipy.sparse.issparse(checked):
+        if (copy and _shares_memory(checked, X)) or not checked.data.flags.writeable:
+            checked = checked.copy()
+    elif (copy and isinstance(X, np.ndarray) and np.may_share_memory(X, checked)) or not checked.flags.writeable:
         checked = checked.copy()
     return checked
+
+
+def _shares_memory(checked, X) -> bool:
+    """Whether the validated features ``checked`` may share values with the caller's ``X``."""
+    if scipy.sparse.issparse(checked):
+        return scipy.sparse.issparse(X) and np.may_share_memory(checked.data, X.data)
+    return np.may_share_memory(checked, X)
 
 
 def _statistic(values, n_features, name):

@@ -20,6 +20,13 @@ above run unchanged.
   transposed to feature-major order (:func:`batch_feature_major`, a small CSC of
   the batch), then each thread task takes whole features and writes only its own
   weight row's gradients.
+- Step (:func:`sparse_weight_update`): the same gradient applied at once by the
+  momentum SGD rule to every weight, without a gradient buffer (training steps the
+  weights this way; gradients are handed out for micro-batches and parallel workers).
+
+The activation, its derivative and dropout of the first layer's output are
+:func:`wasap.kernels.activate_layer`, the same arithmetic and draws as the dense
+:func:`wasap.kernels.forward_layer`, and the bias step :func:`wasap.kernels.bias_step`.
 
 Every value is computed by one task in an order fixed by the data, so the results
 are the same, bit for bit, whatever the thread count. Duplicate entries of a row
@@ -35,11 +42,16 @@ import numpy as np
 from numba import njit, prange
 
 from .kernels import MODE_ACCUMULATE, MODE_GRADIENT
+from .optim import momentum_update
 
 #: Samples accumulated together by one thread task of :func:`sparse_preactivation`: its output
 #: is then stored as runs of this many consecutive batch entries of each neuron (a 64-byte cache
 #: line of float32) instead of one value per neuron and sample.
 _SAMPLE_BLOCK = 16
+
+#: Weight rows stepped by one thread task of :func:`sparse_weight_update`: enough work per task
+#: to hide the task's start, and many tasks for a layer of thousands of inputs.
+_ROW_BLOCK = 256
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -253,11 +265,79 @@ def sparse_weight_gradient(x_indptr, x_indices, x_data, rows, indptr, indices, d
         start = feature_indptr[t]
         stop = feature_indptr[t + 1]
         for k in range(indptr[f], indptr[f + 1]):
-            d = delta[indices[k]]
-            g = np.float32(0.0)
-            for e in range(start, stop):
-                g += values[e] * d[positions[e]]
+            g = _entry_gradient(delta[indices[k]], positions, values, start, stop)
             if mode == MODE_ACCUMULATE:
                 grad_out[k] += g
             else:
                 grad_out[k] = g
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
+def sparse_weight_update(x_indptr, x_indices, x_data, rows, indptr, indices, data, velocity, delta, lr, momentum,
+                         weight_decay):
+    """One momentum SGD step of the first layer's weights from a sparse batch, in place.
+
+    Every weight takes :func:`wasap.optim.momentum_update` with the gradient of
+    :func:`sparse_weight_gradient` (0 in the rows of features absent from the batch,
+    where momentum and weight decay still move the weights), in one pass and without
+    a gradient buffer. Each thread task takes a block of :data:`_ROW_BLOCK` weight rows.
+
+    Parameters
+    ----------
+    x_indptr : (n_samples + 1,) int32 or int64
+    x_indices : (nnz_X,) int32 or int64
+    x_data : (nnz_X,) float32
+        ``X``, CSR, of shape ``(n_samples, n_in)``.
+    rows : (batch,) int64
+    indptr : (n_in + 1,) int64
+    indices : (nnz,) int32
+    data, velocity : (nnz,) float32
+        The weights and their momentum, updated in place.
+    delta : (n_out, batch) float32
+        dLoss/dz of the layer's output, transposed.
+    lr, momentum, weight_decay : float
+
+    Raises
+    ------
+    ValueError
+        When ``delta`` is not ``(n_out, batch)``, ``velocity`` not of ``data``'s shape, a row
+        lies outside ``X`` or a feature index outside ``[0, n_in)``.
+    """
+    if delta.shape[1] != rows.shape[0]:
+        raise ValueError("delta must have shape (n_out, batch).")
+    if velocity.shape[0] != data.shape[0] or data.shape[0] != indices.shape[0]:
+        raise ValueError("data and velocity must have shape (nnz,).")
+    features, feature_indptr, positions, values = batch_feature_major(
+        x_indptr, x_indices, x_data, rows, indptr.shape[0] - 1)
+    # float32 update arithmetic, as the dense kernels': float64 scalars would round differently.
+    lr = np.float32(lr)
+    momentum = np.float32(momentum)
+    weight_decay = np.float32(weight_decay)
+    n_in = indptr.shape[0] - 1
+    zero = np.float32(0.0)
+    for block in prange((n_in + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        first = block * _ROW_BLOCK
+        last = min(first + _ROW_BLOCK, n_in)
+        # Most rows belong to features absent from the batch: the weights between two present features are
+        # one contiguous run of gradient 0, stepped by a loop the compiler vectorises.
+        stepped = indptr[first]  # the weights before this one are done
+        for t in range(np.searchsorted(features, first), np.searchsorted(features, last)):
+            f = features[t]
+            for k in range(stepped, indptr[f]):
+                data[k], velocity[k] = momentum_update(data[k], zero, velocity[k], lr, momentum, weight_decay)
+            start, stop = feature_indptr[t], feature_indptr[t + 1]
+            for k in range(indptr[f], indptr[f + 1]):
+                g = _entry_gradient(delta[indices[k]], positions, values, start, stop)
+                data[k], velocity[k] = momentum_update(data[k], g, velocity[k], lr, momentum, weight_decay)
+            stepped = indptr[f + 1]
+        for k in range(stepped, indptr[last]):
+            data[k], velocity[k] = momentum_update(data[k], zero, velocity[k], lr, momentum, weight_decay)
+
+
+@njit(inline="always")
+def _entry_gradient(delta_row, positions, values, start, stop):
+    """``sum_e values[e] * delta_row[positions[e]]`` over one feature's entries ``start:stop`` of the batch."""
+    g = np.float32(0.0)
+    for e in range(start, stop):
+        g += values[e] * delta_row[positions[e]]
+    return g

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse
 
 from .batches import gather_transposed
 from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer, load_checkpoint
@@ -81,8 +82,10 @@ class SequentialTrainer:
 
         Parameters
         ----------
-        X : ndarray of shape (n_samples, n_features), float32, C-contiguous
-            As a :class:`~wasap.data.Dataset` holds it (it is not checked again here).
+        X : ndarray of shape (n_samples, n_features), float32, C-contiguous; or scipy.sparse CSR
+            As a :class:`~wasap.data.Dataset` holds it (it is not checked again here). The batches
+            of a sparse ``X`` are its row numbers (:class:`~wasap.batches.SparseBatch`): nothing
+            of ``batch x n_features`` is gathered.
         y : ndarray of shape (n_samples,) int class indices, or (n_samples, n_outputs) float32 targets (mse)
         progress : callable, optional
             Called with the number of samples done after each batch, when
@@ -111,9 +114,11 @@ class SequentialTrainer:
             self.rng.bit_generator.state = position["order_rng"]
         batches = batches_of(self.rng.permutation(X.shape[0]), cfg.batch_size)
         in_parts = cfg.micro_batch is not None and cfg.micro_batch < cfg.batch_size
+        sparse = scipy.sparse.issparse(X)
         for rows in batches[position["batches"]:]:
             # Micro-batches have workspaces of their own: no activations for the whole batch.
-            into = None if in_parts else model.workspace(rows.shape[0], training=True).x_t
+            # A sparse batch is read in place: no buffer to gather into.
+            into = None if in_parts or sparse else model.workspace(rows.shape[0], training=True).x_t
             x_t = gather_transposed(X, rows, into)
             target = np.ascontiguousarray(y[rows].T, dtype=np.float32) if regression else y[rows]
             loss, n_correct = model.train_batch(
@@ -445,7 +450,8 @@ def prepare_kernels(model: SparseMLP, data: Dataset, config: TrainConfig,
     numba compiles each kernel at its first call. Running one batch, one
     evaluation and one evolution of a throwaway network of a few neurons
     here makes that happen once, announced, rather than inside epoch 1,
-    whose time and progress bar it would distort.
+    whose time and progress bar it would distort. The batches are the data's
+    own, so a sparse ``X`` prepares the sparse input layer's kernels.
 
     Parameters
     ----------
@@ -460,6 +466,7 @@ def prepare_kernels(model: SparseMLP, data: Dataset, config: TrainConfig,
         Seconds it took (0 when this process had prepared them already).
     """
     key = (model.activation, model.output_activation, model.loss, config.micro_batch is not None,
+           scipy.sparse.issparse(data.X_train),
            config.importance_pruning, model.n_features)
     if key in _PREPARED:
         return 0.0

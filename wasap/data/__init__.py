@@ -1,9 +1,11 @@
 """Data sets for wasap: the bundled Madelon, public sets on disk, user files and synthetic data.
 
-Every loader returns a :class:`Dataset` whose features are dense float32 rows, C-contiguous (wasap's
-input layer multiplies dense rows with sparse weight matrices), and whose labels are class indices
-0..n_classes-1, with ``Dataset.classes`` mapping an index back to the user's label value. A Dataset
-checks its arrays when it is made, so the trainers take it as it is.
+Every loader returns a :class:`Dataset` whose features are dense float32 rows, C-contiguous, or, for
+sparse data (svmlight files, sparse .npz splits, scipy.sparse matrices), canonical CSR matrices of
+float32 values that are never densified (``Dataset.is_sparse``: the input layer then works on the
+nonzeros, :mod:`wasap.sparse_input`), and whose labels are class indices 0..n_classes-1, with
+``Dataset.classes`` mapping an index back to the user's label value. A Dataset checks its arrays
+when it is made, so the trainers take it as it is.
 
 Every problem with the data raises :class:`DataError` (a ``ValueError``) whose message says what is
 wrong and how to fix it.
@@ -15,9 +17,10 @@ high-dimensional sparse data, as scipy.sparse CSR: :func:`make_sparse_classifica
 the named data sets and where their files are found). Standardisation is in :mod:`wasap.preprocessing`.
 """
 
-from .validation import DataError, encode_labels, validate_features, validate_training_data
+from .validation import (DataError, check_dense_for_parallel, encode_labels, validate_features,
+                         validate_training_data)
 from .dataset import Dataset
-from .readers import ACCEPTED_FORMATS, read_table
+from .readers import ACCEPTED_FORMATS, read_table, write_npz
 from .synthetic import SYNTHETIC_CHUNKED_ABOVE
 from .sparse_synthetic import make_sparse_classification
 from .loading import KNOWN_DATASETS, load_dataset
@@ -28,10 +31,12 @@ __all__ = [
     "SYNTHETIC_CHUNKED_ABOVE",
     "DataError",
     "Dataset",
+    "check_dense_for_parallel",
     "encode_labels",
     "load_dataset",
     "make_sparse_classification",
     "read_table",
     "validate_features",
     "validate_training_data",
+    "write_npz",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
 
 # wasap.preprocessing builds on .validation; imported as a module, either package may be imported first.
 from .. import preprocessing
@@ -15,10 +16,13 @@ __all__ = ["Dataset"]
 
 @dataclass(eq=False)
 class Dataset:
-    """A train/test pair of dense feature matrices with encoded labels, ready for training.
+    """A train/test pair of feature matrices with encoded labels, ready for training.
 
     Making a Dataset checks and converts its arrays (:func:`wasap.data.validation.check_splits`):
     features become float32, C-contiguous (no copy when they already are) and must be finite;
+    scipy.sparse features stay sparse, as canonical CSR matrices of float32 values
+    (:func:`wasap.data.validate_features`; both splits sparse, or both dense), and train
+    without ever being densified (:attr:`is_sparse`);
     labels must be class indices of ``classes``, or, when ``classes`` is empty, regression
     targets (float32). :func:`wasap.fit` and :func:`wasap.fit_parallel` take a Dataset as it is,
     so its arrays should not be replaced afterwards: make a new Dataset instead.
@@ -27,12 +31,12 @@ class Dataset:
     ----------
     name : str
         Short name, e.g. ``"madelon"`` or the file name it was read from.
-    X_train : array-like of shape (n_train, n_features)
+    X_train : array-like or scipy.sparse matrix of shape (n_train, n_features)
         Training features.
     y_train : array-like of shape (n_train,) or (n_train, n_outputs)
         Class indices 0..n_classes-1 (for regression: targets, and ``classes`` empty).
-    X_test : array-like of shape (n_test, n_features)
-        Features of the test split (evaluated after every epoch), preprocessed like ``X_train``;
+    X_test : array-like or scipy.sparse matrix of shape (n_test, n_features)
+        Features of the test split (sparse when ``X_train`` is) (evaluated after every epoch), preprocessed like ``X_train``;
         ``X_train`` itself to evaluate on the training data.
     y_test : array-like of shape (n_test,) or (n_test, n_outputs)
         Labels of the test split, encoded like ``y_train``.
@@ -43,11 +47,13 @@ class Dataset:
         One line: where the data came from and its shape.
     feature_mean, feature_scale : array-like of shape (n_features,), optional
         The statistics the features were standardised with, ``(x - mean) / scale``; None when
-        the features are raw values.
+        the features are raw values. Sparse features are scaled without centering, ``x / scale``:
+        ``feature_scale`` alone, ``feature_mean`` None.
 
     Attributes
     ----------
     X_train, X_test : ndarray of shape (n_train, n_features) and (n_test, n_features), float32
+        Or scipy.sparse CSR matrices of float32 values.
     y_train, y_test : ndarray of shape (n_train,) and (n_test,), int64
         For regression: float32 targets of shape (n, ) or (n, n_outputs).
     classes : ndarray of shape (n_classes,)
@@ -71,8 +77,9 @@ class Dataset:
     def __post_init__(self) -> None:
         self.X_train, self.y_train, self.X_test, self.y_test, self.classes = check_splits(
             self.name, self.X_train, self.y_train, self.X_test, self.y_test, self.classes)
-        if (self.feature_mean is None) != (self.feature_scale is None):
-            raise DataError("give both feature_mean and feature_scale (standardised features) or neither.")
+        if self.feature_mean is not None and self.feature_scale is None:
+            raise DataError("give feature_scale with feature_mean (standardised features), feature_scale alone "
+                            "(features scaled without centering) or neither (raw features).")
 
     @property
     def preprocessing(self) -> preprocessing.Preprocessing:
@@ -80,6 +87,11 @@ class Dataset:
         classes = self.classes if len(self.classes) else None
         return preprocessing.Preprocessing(self.n_features, mean=self.feature_mean, scale=self.feature_scale,
                                            classes=classes)
+
+    @property
+    def is_sparse(self) -> bool:
+        """Whether the features are scipy.sparse CSR matrices (else dense arrays)."""
+        return scipy.sparse.issparse(self.X_train)
 
     @property
     def n_features(self) -> int:

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 
 # wasap.preprocessing builds on .validation; imported as a module, either package may be imported first.
 from .. import preprocessing
@@ -70,9 +71,11 @@ def load_dataset(
           not the same random numbers) writes float32 rows in blocks, so peak memory is about that of
           the result; its split is the first ``1 - test_fraction`` of the shuffled rows.
 
-        Any other string is a path: a ``.npz`` with arrays X_train, y_train, X_test, y_test; a ``.csv``
+        Any other string is a path: a ``.npz`` with arrays X_train, y_train, X_test, y_test (sparse
+        features stored as :data:`wasap.data.readers.SPARSE_NPZ_PARTS` say, as
+        :func:`wasap.data.write_npz` writes them, load sparse); a ``.csv``
         (label in column ``label_column``, header detected); an svmlight/libsvm file (``.svm``,
-        ``.svmlight``, ``.libsvm``, ``.txt``), densified to float32; or a directory with Fashion-MNIST
+        ``.svmlight``, ``.libsvm``, ``.txt``), kept sparse (CSR, float32); or a directory with Fashion-MNIST
         IDX files or Madelon-style ``NAME_{train,valid}.{data,labels}`` files. A single csv or svmlight
         file is split ``test_fraction`` stratified with ``seed``; a train/test pair is given as
         ``"train.csv,test.csv"``. Write ``./madelon`` for a path that looks like a name.
@@ -82,7 +85,8 @@ def load_dataset(
         Seeds the synthetic data and the split of single files.
     standardize : bool
         Standardise each feature with the train split's mean and std (std 0 -> 1), as the paper does;
-        False returns the raw values.
+        sparse features are only divided by their std, without centering (which would densify them:
+        :mod:`wasap.preprocessing`). False returns the raw values.
     n_samples, n_features, n_classes : int
         Shape of the synthetic data.
     n_informative : int, optional
@@ -98,8 +102,9 @@ def load_dataset(
     Returns
     -------
     Dataset
-        X_train (n_train, n_features) and X_test (n_test, n_features), float32, C-contiguous;
-        y_train, y_test int64 class indices; ``classes`` the original label values.
+        X_train (n_train, n_features) and X_test (n_test, n_features), float32, C-contiguous (CSR
+        matrices of float32 for sparse data: ``Dataset.is_sparse``); y_train, y_test int64 class
+        indices; ``classes`` the original label values.
 
     Raises
     ------
@@ -134,13 +139,24 @@ def _finish(splits: Splits, *, standardize_features: bool) -> Dataset:
     data = Dataset(splits.name, splits.X_train, y_train, splits.X_test, y_test, classes)
     if standardize_features:
         # In place: the arrays are the readers' own, and a copy of a multi-GB split would double it.
-        data.X_train, data.X_test = (X if X.flags.writeable else X.copy() for X in (data.X_train, data.X_test))
+        data.X_train, data.X_test = (X if _writable(X) else X.copy() for X in (data.X_train, data.X_test))
         data.feature_mean, data.feature_scale = preprocessing.standardize_splits_in_place(data.X_train, data.X_test)
+    density = ""
+    if data.is_sparse:
+        nonzero = (data.X_train.nnz + data.X_test.nnz) / ((data.n_train + data.n_test) * data.n_features)
+        density = f" (sparse, {100 * nonzero:.2g}% nonzero)"
     data.description = (
         f"{splits.name}: {splits.origin}; {data.n_train} train / {data.n_test} test samples x "
-        f"{data.n_features} features, {data.n_classes} classes"
+        f"{data.n_features} features{density}, {data.n_classes} classes"
     )
+    if standardize_features and data.is_sparse:
+        data.description += "; scaled without centering (sparse input)"
     return data
+
+
+def _writable(X) -> bool:
+    """Whether the values of features ``X`` (an array, or a scipy.sparse matrix) may be changed in place."""
+    return (X.data if scipy.sparse.issparse(X) else X).flags.writeable
 
 
 def _load_bundled_madelon() -> Splits:

@@ -5,6 +5,10 @@ Each reader returns raw arrays (features and labels as written, or a :class:`Spl
 :func:`wasap.data.load_dataset` checks and encodes them into a :class:`~wasap.data.Dataset`, and
 :func:`read_table` checks the rows a trained model is to predict. Before reading a file whose
 contents would not fit in memory, the readers refuse it with the estimate.
+
+Sparse data stays sparse: an svmlight file's features are a scipy.sparse CSR matrix, and so is a
+split of a .npz file stored in the sparse convention (:data:`SPARSE_NPZ_PARTS`, written by
+:func:`write_npz`).
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import scipy.sparse
 
 from .validation import DataError, as_label_vector, validate_features
 
-__all__ = ["ACCEPTED_FORMATS", "read_table"]
+__all__ = ["ACCEPTED_FORMATS", "SPARSE_NPZ_PARTS", "read_table", "write_npz"]
 
 ACCEPTED_FORMATS = (
-    "a .npz file with arrays X_train, y_train, X_test, y_test; "
+    "a .npz file with arrays X_train, y_train, X_test, y_test (a sparse split as X_train_data, X_train_indices, "
+    "X_train_indptr, X_train_shape: see wasap.data.write_npz); "
     "a .csv file (label in the last column, optional header; a train/test pair as 'train.csv,test.csv'); "
-    "an svmlight/libsvm file (.svm, .svmlight, .libsvm, .txt; a pair as 'train.svm,test.svm'); "
+    "an svmlight/libsvm file (.svm, .svmlight, .libsvm, .txt; a pair as 'train.svm,test.svm'; kept sparse); "
     "a directory holding Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
     "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) or Madelon-style files "
     "(NAME_train.data, NAME_train.labels, NAME_valid.data, NAME_valid.labels)"
@@ -54,6 +60,14 @@ _CIFAR_CLASSES = (
 
 #: The arrays of a data set's .npz file.
 NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
+
+#: How a .npz file holds a sparse feature matrix ``X_train`` (or ``X_test``, or ``X``): as the CSR
+#: arrays that ``scipy.sparse.save_npz`` writes, under the matrix's name and an underscore,
+#: ``X_train_data``, ``X_train_indices``, ``X_train_indptr`` and ``X_train_shape`` (2 integers).
+SPARSE_NPZ_PARTS = ("data", "indices", "indptr", "shape")
+
+#: The entries of a file written by ``scipy.sparse.save_npz`` (one matrix, no labels).
+_SCIPY_NPZ_KEYS = {"data", "indices", "indptr", "shape", "format"}
 
 
 @dataclass
@@ -82,8 +96,8 @@ def split_table(X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
     from sklearn.model_selection import train_test_split
 
     y = as_label_vector(y, "y")
-    if len(y) != len(X):
-        raise DataError(f"X has {len(X)} samples (rows) but y has {len(y)} labels; give one label per row of X.")
+    if len(y) != X.shape[0]:
+        raise DataError(f"X has {X.shape[0]} samples (rows) but y has {len(y)} labels; give one label per row of X.")
     _, counts = np.unique(y, return_counts=True)
     try:
         return train_test_split(X, y, test_size=test_fraction, random_state=seed,
@@ -149,7 +163,7 @@ def _read_nips2003(train_data: Path) -> Splits:
 
 
 def read_npz(path: Path) -> Splits:
-    """Arrays X_train, y_train, X_test, y_test of a .npz file."""
+    """Arrays X_train, y_train, X_test, y_test of a .npz file; sparse splits as :data:`SPARSE_NPZ_PARTS` say."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -159,13 +173,68 @@ def read_npz(path: Path) -> Splits:
             "(np.asarray(y, dtype=str)), not Python objects, with np.savez(path, X_train=..., y_train=..., "
             "X_test=..., y_test=...)."
         ) from exc
-    missing = [key for key in NPZ_KEYS if key not in arrays]
+    if _SCIPY_NPZ_KEYS <= set(arrays):
+        raise DataError(
+            f"{path} holds one scipy.sparse matrix (scipy.sparse.save_npz) and no labels; a data set file needs "
+            "X_train, y_train, X_test and y_test: write it with wasap.data.write_npz(path, X_train=..., "
+            "y_train=..., X_test=..., y_test=...), which stores sparse splits as sparse."
+        )
+    splits = {key: _npz_matrix(arrays, key, path) if key.startswith("X") else arrays.get(key) for key in NPZ_KEYS}
+    missing = [key for key in NPZ_KEYS if splits[key] is None]
     if missing:
         raise DataError(
             f"{path} lacks the array(s) {', '.join(missing)} (it holds {', '.join(sorted(arrays)) or 'none'}); "
-            "save it with np.savez(path, X_train=..., y_train=..., X_test=..., y_test=...)."
+            "save it with np.savez(path, X_train=..., y_train=..., X_test=..., y_test=...), or with "
+            "wasap.data.write_npz for sparse X."
         )
-    return Splits(path.stem, f"arrays of {path}", *(arrays[key] for key in NPZ_KEYS))
+    return Splits(path.stem, f"arrays of {path}", *(splits[key] for key in NPZ_KEYS))
+
+
+def _npz_matrix(arrays: dict, key: str, path: Path):
+    """The features ``key`` of a .npz file's arrays: dense as stored, sparse (CSR) from its parts; None if absent."""
+    if key in arrays:
+        return arrays[key]
+    parts = {part: arrays.get(f"{key}_{part}") for part in SPARSE_NPZ_PARTS}
+    if all(value is None for value in parts.values()):
+        return None
+    absent = [f"{key}_{part}" for part, value in parts.items() if value is None]
+    if absent:
+        raise DataError(f"{path} holds part of the sparse matrix {key} but lacks {', '.join(absent)}; a sparse "
+                        f"matrix takes the four arrays {', '.join(f'{key}_{part}' for part in SPARSE_NPZ_PARTS)} "
+                        "(wasap.data.write_npz writes them).")
+    shape = parts["shape"]
+    if shape.shape != (2,) or shape.dtype.kind not in "iu":
+        raise DataError(f"{path}: {key}_shape must hold the 2 integers (n_samples, n_features), got {shape!r}.")
+    try:
+        return scipy.sparse.csr_matrix((parts["data"], parts["indices"], parts["indptr"]),
+                                       shape=tuple(int(n) for n in shape))
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path}: the arrays of the sparse matrix {key} do not make a CSR matrix ({exc}); write "
+                        "them again from a scipy.sparse.csr_matrix.") from exc
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+    """Write arrays to a .npz file that :func:`wasap.load_dataset` and :func:`read_table` read back.
+
+    Dense arrays are stored as they are (``np.savez``); a scipy.sparse feature matrix is stored as
+    its CSR arrays under its name (:data:`SPARSE_NPZ_PARTS`), so that it loads sparse again.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    **arrays : array-like or scipy.sparse matrix
+        By name: ``X_train``, ``y_train``, ``X_test``, ``y_test`` for a data set, or ``X`` and
+        optionally ``y`` for rows to predict.
+    """
+    stored = {}
+    for name, value in arrays.items():
+        if scipy.sparse.issparse(value):
+            matrix = scipy.sparse.csr_matrix(value)
+            stored.update({f"{name}_data": matrix.data, f"{name}_indices": matrix.indices,
+                           f"{name}_indptr": matrix.indptr, f"{name}_shape": np.array(matrix.shape, dtype=np.int64)})
+        else:
+            stored[name] = np.asarray(value)
+    np.savez(os.fspath(path), **stored)
 
 
 def read_csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
@@ -268,8 +337,8 @@ def _integral_to_int(y: np.ndarray) -> np.ndarray:
     return y
 
 
-def read_svmlight(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Dense float32 features (n, d) and labels (n,) of an svmlight/libsvm file."""
+def read_svmlight(path: Path):
+    """Features (n, d), a scipy.sparse CSR matrix of float32, and labels (n,) of an svmlight/libsvm file."""
     from sklearn.datasets import load_svmlight_file
 
     try:
@@ -278,20 +347,20 @@ def read_svmlight(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path} is not a valid svmlight/libsvm file ({exc}); lines must read 'label index:value ...'."
         ) from exc
-    _check_densified_size([X], str(path))
-    return X.toarray(), _integral_to_int(y)
+    _check_feature_count([X], str(path))
+    return X, _integral_to_int(y)
 
 
 def _read_svmlight_pair(train: Path, test: Path):
-    """Dense float32 train and test features with the same columns, and their labels."""
+    """Train and test features with the same columns (CSR matrices of float32), and their labels."""
     from sklearn.datasets import load_svmlight_files
 
     try:
         X_train, y_train, X_test, y_test = load_svmlight_files([str(train), str(test)], dtype=np.float32)
     except ValueError as exc:
         raise DataError(f"{train} / {test}: not valid svmlight/libsvm files ({exc}).") from exc
-    _check_densified_size([X_train, X_test], f"{train} / {test}")
-    return X_train.toarray(), _integral_to_int(y_train), X_test.toarray(), _integral_to_int(y_test)
+    _check_feature_count([X_train, X_test], f"{train} / {test}")
+    return X_train, _integral_to_int(y_train), X_test, _integral_to_int(y_test)
 
 
 def _check_table_size(path: Path, n_columns: int, skip: int, sample_lines: int = 1000) -> None:
@@ -320,6 +389,36 @@ def _check_table_size(path: Path, n_columns: int, skip: int, sample_lines: int =
     )
 
 
+#: Bytes a run takes per input feature whatever the network: the feature's scale (float64) and the first
+#: layer's row pointer (int64).
+_BYTES_PER_FEATURE = 16
+
+
+def _check_feature_count(matrices: list, source: str) -> None:
+    """DataError when the width of these sparse matrices (their largest feature index) is beyond memory.
+
+    A sparse file's rows cost their nonzeros, but a run keeps per-feature arrays for
+    every index up to the largest (:data:`_BYTES_PER_FEATURE`): a file naming feature
+    10**9 would take gigabytes for features that hold nothing. The limit is the memory
+    a run plans to use by default (:data:`wasap.memory.DEFAULT_BUDGET`).
+    """
+    from ..memory import format_bytes
+
+    n_features = matrices[0].shape[1]
+    needed = _BYTES_PER_FEATURE * n_features
+    limit, limit_text = _reading_limit()
+    if needed <= limit:
+        return
+    rows = sum(X.shape[0] for X in matrices)
+    used = np.unique(np.concatenate([X.indices for X in matrices])).shape[0]
+    raise DataError(
+        f"{source}: its {rows} rows name features up to index {n_features}, and a run keeps "
+        f"{_BYTES_PER_FEATURE} bytes for each of them (its scale and the input layer's row pointer): "
+        f"{format_bytes(needed)}, more than {limit_text}. Only {used} distinct features occur: number them "
+        "consecutively from 1 (drop the unused indices), keep fewer features, or use a machine with more memory."
+    )
+
+
 def _reading_limit() -> tuple[int, str]:
     """The bytes a reader may let its data take (:data:`wasap.memory.DEFAULT_BUDGET`), and those words."""
     from ..memory import DEFAULT_BUDGET, available_bytes, format_bytes
@@ -328,29 +427,6 @@ def _reading_limit() -> tuple[int, str]:
     limit = DEFAULT_BUDGET.resolve(available)
     return limit, (f"the {format_bytes(limit)} a run may use ({DEFAULT_BUDGET.fraction:.0%} of the "
                    f"{format_bytes(available)} available)")
-
-
-def _check_densified_size(matrices: list, source: str) -> None:
-    """DataError when the dense float32 copies of these sparse matrices would not fit in memory.
-
-    wasap trains on dense rows, so an svmlight file becomes rows x (largest feature
-    index) values; a file naming feature 10**9 would become terabytes. The limit is the
-    memory a run plans to use by default (:data:`wasap.memory.DEFAULT_BUDGET`).
-    """
-    from ..memory import format_bytes
-
-    dense = sum(4 * X.shape[0] * X.shape[1] for X in matrices)
-    limit, limit_text = _reading_limit()
-    if dense <= limit:
-        return
-    rows = sum(X.shape[0] for X in matrices)
-    used = np.unique(np.concatenate([X.indices for X in matrices])).shape[0]
-    raise DataError(
-        f"{source}: its {rows} rows x {matrices[0].shape[1]} features (up to its largest feature index) take "
-        f"{format_bytes(dense)} as dense float32, more than {limit_text}; wasap trains on dense rows. Only "
-        f"{used} distinct features occur: number them consecutively from 1 (drop the unused indices), keep "
-        "fewer features, or use a machine with more memory."
-    )
 
 
 def idx_files(directory: Path) -> tuple[dict[str, Path], list[str]]:
@@ -508,10 +584,11 @@ def read_table(path: str | os.PathLike, *, n_features: int | None = None,
     ----------
     path : str or os.PathLike
         What the trainer reads from a path, taken whole: a ``.csv`` file (header detected); an
-        svmlight/libsvm file (``.svm``, ``.svmlight``, ``.libsvm``, ``.txt``); a ``.npz`` with an
-        array ``X`` and optionally labels ``y``, or with the trainer's X_train, y_train, X_test,
-        y_test (read as one table, the train rows first); or a folder of Fashion-MNIST IDX files or
-        Madelon-style files (likewise).
+        svmlight/libsvm file (``.svm``, ``.svmlight``, ``.libsvm``, ``.txt``), kept sparse; a ``.npz``
+        with an array ``X`` (dense, or sparse as :data:`SPARSE_NPZ_PARTS` say) and optionally labels
+        ``y``, or with the trainer's X_train, y_train, X_test, y_test (read as one table, the train
+        rows first), or one matrix written by ``scipy.sparse.save_npz`` (rows without labels); or a
+        folder of Fashion-MNIST IDX files or Madelon-style files (likewise).
     n_features : int, optional
         Features a row must have. A csv file with ``n_features + 1`` columns is labelled (the label in
         ``label_column``), one with ``n_features`` columns holds features only. svmlight rows always
@@ -522,7 +599,8 @@ def read_table(path: str | os.PathLike, *, n_features: int | None = None,
 
     Returns
     -------
-    X : ndarray of shape (n_samples, n_columns), float32, C-contiguous
+    X : ndarray of shape (n_samples, n_columns), float32, C-contiguous; or scipy.sparse CSR
+        Sparse for svmlight files and sparse .npz matrices (:func:`wasap.data.validate_features`).
     y : ndarray of shape (n_samples,), or None
         The labels as written in the file (not encoded); None for a file without labels.
 
@@ -562,34 +640,47 @@ def _read_whole(path: Path, n_features: int | None, label_column: int):
     if suffix in SVMLIGHT_SUFFIXES:
         X, y = read_svmlight(path)
         if n_features is not None and X.shape[1] < n_features:
-            X = np.hstack([X, np.zeros((X.shape[0], n_features - X.shape[1]), dtype=X.dtype)])
+            # The absent columns are zeros: the same nonzeros in a wider matrix.
+            X = scipy.sparse.csr_matrix((X.data, X.indices, X.indptr), shape=(X.shape[0], n_features))
         return X, y
     raise DataError(f"{path}: unknown file type {path.suffix!r}. Accepted formats: {ACCEPTED_FORMATS}.")
 
 
 def _joined(splits: Splits):
     """A train/test pair as one table: the train rows, then the test rows."""
-    X_train, X_test = np.asarray(splits.X_train), np.asarray(splits.X_test)
+    sparse = scipy.sparse.issparse(splits.X_train) and scipy.sparse.issparse(splits.X_test)
+    X_train, X_test = (splits.X_train, splits.X_test) if sparse else (_dense(splits.X_train), _dense(splits.X_test))
     if X_train.ndim != 2 or X_test.ndim != 2 or X_train.shape[1] != X_test.shape[1]:
         raise DataError(f"{splits.name}: the train rows have shape {X_train.shape} and the test rows {X_test.shape}; "
                         "both need the same columns to be read as one table.")
     y_train, y_test = as_label_vector(splits.y_train, "y_train"), as_label_vector(splits.y_test, "y_test")
-    return np.concatenate([X_train, X_test]), np.concatenate([y_train, y_test])
+    X = scipy.sparse.vstack([X_train, X_test], format="csr") if sparse else np.concatenate([X_train, X_test])
+    return X, np.concatenate([y_train, y_test])
+
+
+def _dense(X) -> np.ndarray:
+    """Features as a dense array (one split of a pair whose other split is dense)."""
+    return X.toarray() if scipy.sparse.issparse(X) else np.asarray(X)
 
 
 def _read_npz_table(path: Path):
     """A .npz with ``X`` (and optionally ``y``), or the trainer's four arrays as one table."""
+    wanted = {"X", "y", *(f"X_{part}" for part in SPARSE_NPZ_PARTS)}
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in ("X", "y") if key in archive.files}
+            if _SCIPY_NPZ_KEYS <= set(archive.files):
+                return scipy.sparse.load_npz(path).tocsr(), None
+            arrays = {key: archive[key] for key in archive.files if key in wanted}
     except (ValueError, AttributeError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(
             f"{path} is not a readable .npz of plain arrays ({exc}); save the rows with np.savez(path, X=...) "
-            "or np.savez(path, X=..., y=...), labels as numbers or strings, not Python objects."
+            "or np.savez(path, X=..., y=...) (wasap.data.write_npz for sparse X), labels as numbers or strings, "
+            "not Python objects."
         ) from exc
-    if "X" not in arrays:
+    X = _npz_matrix(arrays, "X", path)
+    if X is None:
         return _joined(read_npz(path))
-    return arrays["X"], arrays.get("y")
+    return X, arrays.get("y")
 
 
 def _read_csv_table(path: Path, n_features: int | None, label_column: int):

@@ -3,6 +3,9 @@
 Every check raises :class:`DataError` (a ``ValueError``) whose message says what is wrong and how to
 fix it. :func:`check_splits` is the check a :class:`~wasap.data.Dataset` makes of its arrays when it
 is built, so that the trainers can take a Dataset as it is.
+
+Features are dense float32 rows or, given as a scipy.sparse matrix, a canonical CSR matrix of float32
+values (:func:`validate_features`): sparse data stays sparse, and its checks look at the nonzeros only.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-__all__ = ["DataError", "check_splits", "encode_labels", "validate_features", "validate_training_data"]
+__all__ = ["DataError", "check_dense_for_parallel", "check_splits", "encode_labels", "validate_features",
+           "validate_training_data"]
 
 # Row blocks of about 4 MiB keep temporaries small (and cache-resident) when passing over big matrices.
 _CHUNK_BYTES = 1 << 22
@@ -25,30 +29,34 @@ class DataError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 
 
-def validate_features(X, *, name: str = "X") -> np.ndarray:
-    """Check a feature matrix and return it as float32, C-contiguous.
+def validate_features(X, *, name: str = "X"):
+    """Check a feature matrix and return it as float32, C-contiguous, or as canonical CSR when sparse.
 
     Parameters
     ----------
-    X : array-like or scipy sparse matrix of shape (n_samples, n_features)
-        Numbers (bool, int or float; strings only when each holds a number). Sparse matrices are
-        densified, because wasap's input layer takes dense rows.
+    X : array-like or scipy.sparse matrix or array of shape (n_samples, n_features)
+        Numbers (bool, int or float; strings only when each holds a number). A sparse ``X`` stays
+        sparse (see Returns).
     name : str
         How to call ``X`` in error messages.
 
     Returns
     -------
-    ndarray of shape (n_samples, n_features), float32, C-contiguous
-        ``X`` itself when it already is one, else a converted copy.
+    ndarray of shape (n_samples, n_features), float32, C-contiguous; or scipy.sparse CSR
+        ``X`` itself when it already is one, else a converted copy. A sparse ``X`` becomes CSR (a
+        matrix or an array as ``X`` was) with float32 values, sorted indices and no duplicate
+        entries (duplicates are summed), its ``indptr`` and ``indices`` both int32, or both int64
+        when the number of nonzeros or of features needs it; only its nonzeros are checked.
 
     Raises
     ------
     DataError
         For input that is not 2-D, has no samples or no features, holds values that are not numbers,
-        or holds NaN or infinite values (the message gives their count and the first position).
+        or holds NaN or infinite values (the message gives their count and the first position); for a
+        sparse ``X``, also a damaged CSR structure.
     """
     if scipy.sparse.issparse(X):
-        X = X.toarray()
+        return _sparse_features(X, name)
     try:
         array = np.asarray(X)
     except (ValueError, TypeError) as exc:
@@ -60,6 +68,84 @@ def validate_features(X, *, name: str = "X") -> np.ndarray:
     converted = _as_float32(array, name)
     _raise_if_not_finite(converted, name)
     return converted
+
+
+def _sparse_features(X, name: str):
+    """A scipy.sparse ``X`` as :func:`validate_features` returns it: canonical CSR, float32, checked."""
+    _check_feature_shape(X, name)
+    if X.dtype.kind not in "biuf":
+        raise DataError(
+            f"{name} is a sparse matrix of dtype {X.dtype}, which is not a real number type; convert its values "
+            "to numbers first."
+        )
+    original = X
+    if X.format != "csr":
+        X = X.tocsr()
+    if X.dtype != np.float32:
+        with np.errstate(over="ignore"):  # values beyond float32's range become inf, reported below
+            X = X.astype(np.float32)
+    _check_csr_structure(X, name)
+    if X.indices.shape[0] != X.indptr[-1]:
+        # Values past indptr[-1] belong to no row: drop them, so that every array is of the nonzeros.
+        X = X.copy() if X is original else X
+        X.prune()
+    if not X.has_canonical_format:
+        X = X.copy() if X is original else X
+        X.sum_duplicates()
+    # The kernels are compiled for one index type: the narrowest that holds the nonzeros and features.
+    index_dtype = np.int32 if max(X.nnz, X.shape[1]) < 2**31 else np.int64
+    if X.indices.dtype != index_dtype or X.indptr.dtype != index_dtype:
+        X = X.copy() if X is original else X
+        # Set directly: scipy's constructor would choose the index type itself.
+        X.indices = X.indices.astype(index_dtype)
+        X.indptr = X.indptr.astype(index_dtype)
+    _raise_if_not_finite_sparse(X, name)
+    return X
+
+
+def _check_csr_structure(X, name: str) -> None:
+    """DataError unless ``X``'s CSR arrays describe a matrix of its shape (scipy's own check would modify ``X``)."""
+    n_rows, n_columns = X.shape
+    indptr, indices = X.indptr, X.indices
+    problem = None
+    if indptr.ndim != 1 or indices.ndim != 1 or X.data.ndim != 1 or indices.shape != X.data.shape:
+        problem = "its data, indices and indptr must be 1-D, with as many indices as values"
+    elif indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+        problem = "its indptr and indices must be integers"
+    elif indptr.shape[0] != n_rows + 1 or indptr[0] != 0 or indptr[-1] > indices.shape[0]:
+        problem = f"its indptr must have {n_rows + 1} entries, start at 0 and end at most at the number of values"
+    elif n_rows and (np.diff(indptr) < 0).any():
+        problem = "its indptr decreases"
+    elif indptr[-1] and (indices[:indptr[-1]].min() < 0 or indices[:indptr[-1]].max() >= n_columns):
+        problem = f"a column index lies outside 0..{n_columns - 1}"
+    if problem is not None:
+        raise DataError(f"{name} is a damaged CSR matrix: {problem}; build it again with scipy.sparse.csr_matrix.")
+
+
+def _raise_if_not_finite_sparse(X, name: str) -> None:
+    """DataError with the count and first position of NaN/inf values among the nonzeros of a CSR ``X``."""
+    bad = np.flatnonzero(~np.isfinite(X.data))
+    if bad.shape[0]:
+        position = int(bad[0])
+        row = int(np.searchsorted(X.indptr, position, side="right")) - 1
+        raise DataError(
+            f"{name} holds {bad.shape[0]} NaN or infinite value(s); the first is {X.data[position]} at row {row}, "
+            f"column {int(X.indices[position])}. Drop those samples or impute the values; values beyond "
+            "float32's range (about 3.4e38) also become infinite."
+        )
+
+
+def check_dense_for_parallel(data) -> None:
+    """Refuse a :class:`~wasap.data.Dataset` of sparse features for the parallel trainer.
+
+    Raises
+    ------
+    DataError
+        When ``data.X_train`` is a scipy.sparse matrix: WASAP-SGD's workers take dense batches.
+    """
+    if scipy.sparse.issparse(data.X_train):
+        raise DataError(f"{data.name}: sparse X trains in one process for now: use --workers 1 (workers=1), the "
+                        "sequential trainer, which keeps X sparse.")
 
 
 def _check_feature_shape(array: np.ndarray, name: str) -> None:
@@ -299,18 +385,26 @@ def check_splits(name: str, X_train, y_train, X_test, y_test, classes):
     Returns
     -------
     X_train, y_train, X_test, y_test, classes : ndarrays
-        Features float32, C-contiguous and finite; class indices int64 (or targets float32,
+        Features float32, C-contiguous and finite (or, given sparse, canonical CSR as
+        :func:`validate_features` makes it); class indices int64 (or targets float32,
         C-contiguous and finite); ``classes`` 1-D.
 
     Raises
     ------
     DataError
-        For features :func:`validate_features` refuses, splits of different widths, a number of
+        For features :func:`validate_features` refuses, one split sparse and the other dense, splits
+        of different widths, a number of
         labels other than of rows, labels that are not class indices of ``classes``, fewer than two
         classes among the training labels, or regression targets that are not finite numbers.
     """
     X_train = validate_features(X_train, name="X_train")
     X_test = X_train if X_test is X_train else validate_features(X_test, name="X_test")
+    if scipy.sparse.issparse(X_train) != scipy.sparse.issparse(X_test):
+        sparse, dense = ("X_train", "X_test") if scipy.sparse.issparse(X_train) else ("X_test", "X_train")
+        raise DataError(
+            f"{name}: {sparse} is a scipy.sparse matrix but {dense} is dense; give both splits the same kind, "
+            f"e.g. scipy.sparse.csr_matrix({dense}), or {sparse}.toarray() for small data."
+        )
     if X_test.shape[1] != X_train.shape[1]:
         raise DataError(
             f"{name}: the train split has {X_train.shape[1]} features but the test split has "
