@@ -2,10 +2,11 @@
 
 Every Debian system can list the packages of its archive with their descriptions (``apt-cache
 dumpavail``, and the long descriptions of the English translation index, which ``apt-get update -o
-Acquire::Languages=en`` fetches where a system leaves it out). Each package belongs to a section (``games``, ``science``, ``sound``, ...), and its
-description is a few sentences of English about what it does: a bag-of-words classification problem of
-tens of thousands of words, each description holding well under 1% of them, the kind of data on which a
-sparse network's input layer sees few nonzero inputs per sample. Sections named after a programming
+Acquire::Languages=en`` fetches where a system leaves it out). Each package belongs to a section
+(``games``, ``science``, ``sound``, ...), and its description is a few sentences of English about what
+it does: a bag-of-words classification problem of tens of thousands of words, each description holding
+well under 1% of them, the kind of data on which a sparse network's input layer sees few nonzero inputs
+per sample. Sections named after a programming
 language or a packaging role (``python``, ``libdevel``, ``doc``, ...) are left out: their descriptions
 name the language, which would make the task a keyword lookup.
 

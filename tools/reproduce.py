@@ -292,7 +292,8 @@ def results_table(rows, out_root, seeds, epochs, data_root, figures):
                 ours = ("not run", "", "")
             lines.append(f"| {row.dataset} | {row.label()} | {_figure(paper.accuracy)} | {ours[0]} | {weights} "
                          f"| {ours[1]} | {_figure(paper.minutes)} | {ours[2]} |")
-        lines += ["", "Commands (one seed each; `DIR` is the data set's folder):", "", *commands, ""]
+        lines += ["", "Commands (one seed each; `DIR` is the data set's folder):", "", *commands, ""] if commands \
+            else ["", "No row of this table has finished a run yet.", ""]
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{caption}]({path})" + "\n" for caption, path in figures]

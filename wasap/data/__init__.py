@@ -13,8 +13,9 @@ wrong and how to fix it.
 The modules, one job each: :mod:`~wasap.data.validation` (the checks and label encoding),
 :mod:`~wasap.data.dataset` (:class:`Dataset`), :mod:`~wasap.data.readers` (file formats),
 :mod:`~wasap.data.synthetic` (generated data), :mod:`~wasap.data.sparse_synthetic` (generated
-high-dimensional sparse data, as scipy.sparse CSR: :func:`make_sparse_classification`) and :mod:`~wasap.data.loading` (:func:`load_dataset`:
-the named data sets and where their files are found). Standardisation is in :mod:`wasap.preprocessing`.
+high-dimensional sparse data, as scipy.sparse CSR: :func:`make_sparse_classification`) and
+:mod:`~wasap.data.loading` (:func:`load_dataset`: the named data sets and where their files are
+found). Standardisation is in :mod:`wasap.preprocessing`.
 """
 
 from .validation import (DataError, check_dense_for_parallel, encode_labels, validate_features,

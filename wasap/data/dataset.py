@@ -36,8 +36,8 @@ class Dataset:
     y_train : array-like of shape (n_train,) or (n_train, n_outputs)
         Class indices 0..n_classes-1 (for regression: targets, and ``classes`` empty).
     X_test : array-like or scipy.sparse matrix of shape (n_test, n_features)
-        Features of the test split (sparse when ``X_train`` is) (evaluated after every epoch), preprocessed like ``X_train``;
-        ``X_train`` itself to evaluate on the training data.
+        Features of the test split (evaluated after every epoch), preprocessed like ``X_train``
+        and sparse when it is; ``X_train`` itself to evaluate on the training data.
     y_test : array-like of shape (n_test,) or (n_test, n_outputs)
         Labels of the test split, encoded like ``y_train``.
     classes : array-like of shape (n_classes,)
