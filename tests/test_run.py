@@ -58,14 +58,14 @@ def test_every_hyperparameter_flag_reaches_the_config():
             "--momentum", "0.5", "--weight-decay", "0.001", "--dropout", "0.1", "--lr-fan-in", "8",
             "--output-lr", "0.05", "--zero-output", "--importance-pruning", "--ip-start", "2", "--ip-every", "3",
             "--ip-percentile", "10", "--gradient-flow", "--seed", "5", "--threads", "1", "--workers", "2", "--sync",
-            "--phase2-start", "3", "--warmup-epochs", "2", "--stall-timeout", "30"]
+            "--phase2-start", "3", "--warmup-epochs", "2", "--transport", "mpi", "--stall-timeout", "30"]
     config = run.config_from_args(run.build_parser().parse_args(argv))
     assert config.to_dict() == dict(
         hidden=[7, 5], activation="leaky-relu", alpha=0.2, epsilon=3.0, init="xavier", zeta=0.1, epochs=4,
         batch_size=9, micro_batch=3, lr=0.2, momentum=0.5, weight_decay=0.001, dropout=0.1, lr_fan_in=8.0,
         output_lr=0.05, zero_output=True, importance_pruning=True, ip_start=2, ip_every=3, ip_percentile=10.0,
         gradient_flow=True, seed=5, threads=1, workers=2, sync=True, phase2_start=3, warmup_epochs=2,
-        stall_timeout=30.0, output_activation="softmax", loss="cross-entropy")
+        transport="mpi", stall_timeout=30.0, output_activation="softmax", loss="cross-entropy")
 
 
 def test_help_says_what_data_without_a_preset_gets():

@@ -318,6 +318,10 @@ class TrainConfig:
     warmup_epochs: int = hyperparameter(
         5, "epochs of gradual learning-rate warm-up of synchronous phase one (sync)", section="parallel",
         range=Interval(0, None))
+    transport: str = hyperparameter(
+        "shm", "how WASAP-SGD's server and workers share the model: shm (shared memory, one machine) or mpi "
+        "(MPI one-sided windows, across machines: launch with mpiexec or srun, one rank per worker plus one)",
+        section="parallel", choices=("shm", "mpi"), estimator=False)
     stall_timeout: float = hyperparameter(
         600.0, "seconds a parallel worker may go without progress (no batch done, no lock or slot reached) "
         "before the run stops with WorkerStalled", section="parallel", range=_POSITIVE)

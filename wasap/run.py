@@ -297,7 +297,8 @@ def pruning_epochs(config: TrainConfig) -> range:
 
 def _has_phase_two(config):
     """Whether a WASAP-SGD run reaches phase two (local replicas)."""
-    return config.workers > 1 and config.phase2_start is not None and config.phase2_start <= config.epochs
+    parallel = config.workers > 1 or config.transport == "mpi"
+    return parallel and config.phase2_start is not None and config.phase2_start <= config.epochs
 
 
 def plan_problems(config: TrainConfig, n_train: int) -> list:
@@ -326,7 +327,8 @@ def plan_problems(config: TrainConfig, n_train: int) -> list:
             f"--importance-pruning prunes nothing in this run: it runs after each epoch from --ip-start "
             f"{config.ip_start} on that is a multiple of --ip-every {config.ip_every}, but not after the last "
             f"epoch ({config.epochs}){phase_two}. Lower --ip-start (and --ip-every) or raise --epochs.")
-    problems.extend(_sequential_problems(config) if config.workers == 1 else _parallel_problems(config, n_train))
+    one_process = config.workers == 1 and config.transport == "shm"
+    problems.extend(_sequential_problems(config) if one_process else _parallel_problems(config, n_train))
     return problems
 
 
@@ -349,7 +351,7 @@ def _parallel_problems(config, n_train):
                           f"but the data has {n_train}; use fewer workers (--workers 1 trains in one process).")
     problems = []
     cores = available_cores()
-    if workers > cores:
+    if workers > cores and config.transport == "shm":
         problems.append(f"--workers {workers} on {cores} core(s): workers beyond the cores take turns on them, "
                         f"which slows each many times; use --workers {cores} or fewer (--workers auto).")
     share = -(-n_train // workers)
@@ -421,9 +423,45 @@ def resume_point(out_dir: str, argv: Sequence[str]) -> tuple:
 
 
 def main(argv: Sequence[str] = None, prog: str = "python -m wasap.run") -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Under an MPI launcher with ``--transport mpi`` every rank runs this: rank 0 trains as the parameter
+    server, the others serve as its workers (:func:`wasap.parallel.run_mpi_worker`).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(prog).parse_args(argv)
+    if _transport_of(args) != "mpi":
+        return _train(args, argv)
+    from .parallel import mpi_transport
+
+    try:
+        comm = mpi_transport.world()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if comm.Get_rank() > 0:
+        return mpi_transport.run_mpi_worker(comm)
+    status = 1
+    try:
+        status = _train(args, argv, comm=comm)
+        return status
+    finally:
+        mpi_transport.release_waiting_workers(comm, status)
+
+
+def _transport_of(args):
+    """The run's transport: its flag, or for ``--resume`` the one the stopped run used."""
+    if not args.resume:
+        return args.transport
+    try:
+        _, state = load_checkpoint(os.path.join(args.resume, CHECKPOINT_FILE))
+        return state["config"].get("transport", "shm")
+    except Exception:
+        return "shm"  # the resume itself reports what is wrong with the checkpoint
+
+
+def _train(args, argv, comm=None):
+    """The run of ``main`` on the one process that trains (rank 0 of an MPI job: ``comm``)."""
     out_dir = args.out
     try:
         model = state = None
@@ -444,6 +482,11 @@ def main(argv: Sequence[str] = None, prog: str = "python -m wasap.run") -> int:
             config = apply_recipe(config, data.n_classes, explicit_flags(command_line))
             say(f"recipe width-aware: activation {config.activation}, init {config.init}, lr {config.lr:.4g}, "
                 f"output lr {config.output_lr:.4g}, dropout {config.dropout:g}")
+        if comm is not None and state is None:
+            from .parallel.mpi_transport import launched_workers
+
+            explicit = "workers" in explicit_flags(command_line) and args.workers != "auto"
+            config = config.replace(workers=launched_workers(comm, config.workers, explicit))
         warn_about_plan(config, data.n_train)
         init_seconds = None
         if state is None:
@@ -455,7 +498,7 @@ def main(argv: Sequence[str] = None, prog: str = "python -m wasap.run") -> int:
             say(f"model: {model} (built in {init_seconds:.2f}s); {config.threads} thread(s)")
         else:
             say(f"resuming {out_dir} after epoch {state['epoch']} of {config.epochs}: {model}")
-        trainer = fit_parallel if config.workers > 1 else fit
+        trainer = fit_parallel if config.workers > 1 or config.transport == "mpi" else fit
         summary = trainer(model, data, config, out_dir=out_dir, overwrite=args.overwrite,
                           progress=False if args.quiet else None, log=say, init_seconds=init_seconds,
                           resume=state, checkpoint_every=args.checkpoint_every, command_line=command_line)

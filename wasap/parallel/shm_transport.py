@@ -9,24 +9,9 @@ Every array lives in one :class:`~.shm.SharedBlocks` of the run, guarded by one
 (:mod:`.messages`, pickled); a semaphore per worker counts its free gradient
 slots, another its free replica slot.
 
-Shared layout (``L`` layers, ``K`` workers, ``S`` slots per worker, capacity
-``cap_l`` = the layer's nnz at the start, which only shrinks):
-
-- ``control`` (4,) int64: the command word (:class:`~.messages.Command`);
-- ``meta`` (L, 2) int64: topology version and nnz of each layer;
-- ``indptr_l`` (n_in + 1,) int64, ``indices_l`` (cap_l,) int32, ``data_l`` and
-  ``velocity_l`` (cap_l,) float32, ``bias_l`` and ``bias_velocity_l`` (n_out,) float32;
-- ``grad_l`` (K, S, cap_l) float32, ``bias_grad_l`` (K, S, n_out) float32: the
-  gradient slots, in the order of the layer's nonzeros of the version they were
-  computed on;
-- ``X`` (n, n_features) float32 and ``y`` (n,) or (n, n_outputs): the training data, once, laid out
-  partition after partition (worker ``w``'s rows are one contiguous block);
-- ``orders`` (K, max partition) int64: sample orders the server draws (synchronous variant);
-- ``times`` (K, phases, categories + 1) float64: each worker's :class:`~wasap.profiling.TimeAccount`;
-- ``beats`` (K, 3) int64: each worker's heartbeat: a count it raises whenever it moves on, what it is
-  doing (an :class:`~.messages.Activity`) and that activity's detail (a layer, an epoch);
-- with phase two, ``rep_indptr_l`` (K, n_in + 1), ``rep_indices_l`` (K, cap_l),
-  ``rep_data_l`` (K, cap_l), ``rep_bias_l`` (K, n_out), ``rep_nnz`` (K, L): one replica per worker.
+Shared layout: :func:`~.served.served_layout`'s arrays, and the training data once, laid out partition
+after partition (worker ``w``'s rows are one contiguous block): ``X`` (n, n_features) float32 and ``y``
+(n,) or (n, n_outputs).
 
 A dead server. The server holds the only write end of a "lifeline" pipe whose
 read end every worker polls; it reads as end-of-file once the server has died,
@@ -44,12 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from ..model import SparseLayer, SparseMLP
 from ..optim import momentum_step
-from ..profiling import time_table_shape
 from .messages import Activity, Command, Ready
+from .served import ServedArraysServer, read_served_model, serve_model, served_layout
 from .shm import SharedBlocks, run_prefix
-from .transport import (LayerState, ServerTransport, StallWatch, Stopped, WORKER_POLL, WorkerFailed, WorkerTransport,
+from .transport import (StallWatch, Stopped, WORKER_POLL, WorkerFailed, WorkerTransport,
                         describe_exit, stall_error)
 
 _THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -88,7 +72,7 @@ class WorkerHandle:
         return SharedMemoryWorkerTransport(self)
 
 
-class SharedMemoryTransport(ServerTransport):
+class SharedMemoryTransport(ServedArraysServer):
     """The server's side of the shared-memory transport, and the owner of the blocks and the worker processes.
 
     Parameters
@@ -133,24 +117,9 @@ class SharedMemoryTransport(ServerTransport):
         self._watch = None if stall_timeout is None else StallWatch(n_workers, stall_timeout)
         self._stalled = set()
         self.idle_seconds = 0.0
-        layout = {"control": ((4,), np.int64), "meta": ((self.n_layers, 2), np.int64),
-                  "X": (X.shape, np.float32), "y": (y.shape, y.dtype),
-                  "orders": ((n_workers, max(len(p) for p in partitions)), np.int64),
-                  "times": (time_table_shape(n_workers), np.float64), "beats": ((n_workers, 3), np.int64)}
-        for l, layer in enumerate(model.layers):
-            cap, n_in, n_out = self.caps[l], layer.n_in, layer.n_out
-            layout.update({f"indptr_{l}": ((n_in + 1,), np.int64), f"indices_{l}": ((cap,), np.int32),
-                           f"data_{l}": ((cap,), np.float32), f"velocity_{l}": ((cap,), np.float32),
-                           f"bias_{l}": ((n_out,), np.float32), f"bias_velocity_{l}": ((n_out,), np.float32),
-                           f"grad_{l}": ((n_workers, n_slots, cap), np.float32),
-                           f"bias_grad_{l}": ((n_workers, n_slots, n_out), np.float32)})
-            if replicas:
-                layout.update({f"rep_indptr_{l}": ((n_workers, n_in + 1), np.int64),
-                               f"rep_indices_{l}": ((n_workers, cap), np.int32),
-                               f"rep_data_{l}": ((n_workers, cap), np.float32),
-                               f"rep_bias_{l}": ((n_workers, n_out), np.float32)})
-        if replicas:
-            layout["rep_nnz"] = ((n_workers, self.n_layers), np.int64)
+        layout = served_layout(model, n_workers=n_workers, n_slots=n_slots,
+                               max_partition=max(len(p) for p in partitions), replicas=replicas)
+        layout.update({"X": (X.shape, np.float32), "y": (y.shape, y.dtype)})
         self.blocks = SharedBlocks.create(self.prefix, layout)
         try:
             b = self.blocks
@@ -165,15 +134,7 @@ class SharedMemoryTransport(ServerTransport):
                 start = stop
             if start != X.shape[0]:
                 raise ValueError(f"the partitions hold {start} rows of {X.shape[0]}; each row must be in one.")
-            for l, layer in enumerate(model.layers):
-                b["meta"][l] = (0, layer.nnz)
-                b[f"indptr_{l}"][...] = layer.indptr
-                b[f"indices_{l}"][...] = layer.indices
-                b[f"data_{l}"][...] = layer.data
-                b[f"velocity_{l}"][...] = layer.velocity
-                b[f"bias_{l}"][...] = layer.bias
-                b[f"bias_velocity_{l}"][...] = layer.bias_velocity
-            b["control"][0] = Command.WAIT
+            serve_model(b, model)
             self.locks = [context.Lock() for _ in range(self.n_layers)]
             self.slots = [context.Semaphore(n_slots) for _ in range(n_workers)]
             self.replica_free = [context.Semaphore(1) for _ in range(n_workers)]
@@ -370,57 +331,15 @@ class SharedMemoryTransport(ServerTransport):
             for l in reversed(held):
                 self.locks[l].release()
 
-    def layer_state(self, layer):
-        b = self.blocks
-        version, nnz = (int(v) for v in b["meta"][layer])
-        return LayerState(version=version, nnz=nnz, indptr=b[f"indptr_{layer}"], indices=b[f"indices_{layer}"][:nnz],
-                          data=b[f"data_{layer}"][:nnz], velocity=b[f"velocity_{layer}"][:nnz],
-                          bias=b[f"bias_{layer}"], bias_velocity=b[f"bias_velocity_{layer}"])
-
-    def write_layer(self, layer, version, indptr, indices, data, velocity):
-        b = self.blocks
-        nnz = indices.shape[0]
-        if nnz > self.caps[layer]:
-            raise ValueError(f"layer {layer} cannot grow beyond its {self.caps[layer]} shared slots (asked {nnz}).")
-        with self.lock(layer):
-            b[f"indptr_{layer}"][...] = indptr
-            b[f"indices_{layer}"][:nnz] = indices
-            b[f"data_{layer}"][:nnz] = data
-            b[f"velocity_{layer}"][:nnz] = velocity
-            b["meta"][layer] = (version, nnz)
-
-    def read_model(self):
-        return _read_model(self.blocks, self.lock, self.sizes, self.model_kind)
-
-    def gradient(self, worker, slot, layer):
-        return self.blocks[f"grad_{layer}"][worker, slot], self.blocks[f"bias_grad_{layer}"][worker, slot]
-
     def release_slot(self, worker):
         self.slots[worker].release()
 
-    def write_order(self, worker, order):
-        self.blocks["orders"][worker, :order.shape[0]] = order
-
-    # -- phase two and the profile ---------------------------------------------------------------------
-
-    def gather_replica(self, worker):
-        b = self.blocks
-        layers = []
-        for l in range(self.n_layers):
-            nnz = int(b["rep_nnz"][worker, l])
-            n_in, n_out = self.sizes[l], self.sizes[l + 1]
-            layers.append(SparseLayer(n_in, n_out, b[f"rep_indptr_{l}"][worker].copy(),
-                                      b[f"rep_indices_{l}"][worker, :nnz].copy(),
-                                      b[f"rep_data_{l}"][worker, :nnz].copy(), b[f"rep_bias_{l}"][worker].copy()))
+    def replica_gathered(self, worker):
         self.replica_free[worker].release()
-        return layers
 
     @property
     def nbytes(self):
         return self.blocks.nbytes
-
-    def time_tables(self):
-        return self.blocks["times"].copy()
 
 
 def _poller_of(readers):
@@ -435,21 +354,6 @@ def _poller_of(readers):
         poller.register(fd, select.POLLIN)
         reader_of[fd] = reader
     return poller, reader_of
-
-
-def _read_model(blocks, lock, sizes, model_kind):
-    """A private copy of the served model; ``lock(l)``: a context manager holding layer ``l`` (each side's
-    own, which waits in steps and gives up as that side must)."""
-    layers = []
-    for l in range(len(sizes) - 1):
-        with lock(l):
-            nnz = int(blocks["meta"][l, 1])
-            arrays = (blocks[f"indptr_{l}"].copy(), blocks[f"indices_{l}"][:nnz].copy(),
-                      blocks[f"data_{l}"][:nnz].copy(), blocks[f"bias_{l}"].copy(),
-                      blocks[f"velocity_{l}"][:nnz].copy(), blocks[f"bias_velocity_{l}"].copy())
-        # The column view is built outside the lock.
-        layers.append(SparseLayer(sizes[l], sizes[l + 1], *arrays))
-    return SparseMLP(layers, **model_kind)
 
 
 class SharedMemoryWorkerTransport(WorkerTransport):
@@ -620,7 +524,7 @@ class SharedMemoryWorkerTransport(WorkerTransport):
     # -- phase two -------------------------------------------------------------------------------------
 
     def read_model(self):
-        return _read_model(self.blocks, self._locked_layer, self.sizes, self.model_kind)
+        return read_served_model(self.blocks, self._locked_layer, self.sizes, self.model_kind)
 
     def publish_replica(self, model, timeout):
         self._charge("other")

@@ -204,7 +204,9 @@ class _ParallelRun:
         # Each worker's share of the cores, and no more threads than asked: numba's threads wait for each
         # other at every parallel loop, so threads that compete with another process for a core slow down
         # every kernel of their worker.
-        self.threads = max(1, min(available_cores() // n_workers, config.threads or 1))
+        # Over MPI each worker rank takes its share of its own node's cores (wasap.parallel.mpi_transport).
+        self.threads = max(1, min(available_cores() // n_workers, config.threads or 1)) \
+            if config.transport == "shm" else max(1, config.threads or 1)
         self.checkpoints = checkpoints
         self.command_line = command_line
         # A resumed run's state (wasap.checkpoint): phase one's at an epoch boundary, or phase two's average.
@@ -240,18 +242,20 @@ class _ParallelRun:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasap-eval", initializer=set_threads,
                                       initargs=(1,))
         try:
-            self.transport = self._shared_memory_transport(context)
+            self.transport = self._make_transport(context)
             self.executor = executor
             self.log(f"WASAP-SGD: {self.n_workers} worker(s) ({'synchronous' if cfg.sync else 'asynchronous'} "
                      f"phase one{', phase two from epoch ' + str(cfg.phase2_start) if self.phase2 else ''}), "
-                     f"{self.threads} thread(s) each, start method {self.start_method}, shared memory "
+                     f"{self.threads} thread(s) each, {self._carrier()} "
                      f"{self.transport.nbytes / (1 << 20):.1f} MiB")
             worker_config = cfg.replace(workers=self.n_workers)
             self.transport.start_workers(
                 worker_main, [(w, self.n_workers, worker_config, self.threads, self._first_phase2_epoch(),
                                self._worker_start(w)) for w in range(self.n_workers)],
                 self.threads)
-            pids = {"server": os.getpid(), **{f"worker {w}": pid for w, pid in enumerate(self.transport.pids)}}
+            # Workers on other machines (MPI) have no pid here: their own time accounts still reach the profile.
+            pids = {"server": os.getpid(), **{f"worker {w}": pid for w, pid in enumerate(self.transport.pids)
+                                              if pid is not None}}
             sampler = CpuSampler(pids, interval=self.profile_interval, phase=lambda: self.phase).start()
             self._wait_ready()
             self._phase_one()
@@ -305,18 +309,29 @@ class _ParallelRun:
             raise failure
         return summary
 
-    def _shared_memory_transport(self, context):
-        """The run's transport: the model and the training data in shared blocks (the only place that
-        knows which transport the run uses)."""
-        transport = SharedMemoryTransport(
-            self.model, np.asarray(self.data.X_train, dtype=np.float32), np.asarray(self.data.y_train),
-            n_workers=self.n_workers, n_slots=self.n_slots, partitions=self.partitions, replicas=self.phase2,
-            context=context, stall_timeout=self.config.stall_timeout)
+    def _make_transport(self, context):
+        """The run's transport (the only place that knows which one the run uses): the model and the
+        training data in shared blocks, or in rank 0's MPI window with each worker rank's partition sent
+        to it."""
+        X = np.asarray(self.data.X_train, dtype=np.float32)
+        y = np.asarray(self.data.y_train)
+        options = dict(n_workers=self.n_workers, n_slots=self.n_slots, partitions=self.partitions,
+                       replicas=self.phase2, stall_timeout=self.config.stall_timeout)
+        if self.config.transport == "mpi":
+            from .mpi_transport import MpiServerTransport
+
+            return MpiServerTransport(self.model, X, y, **options)
+        transport = SharedMemoryTransport(self.model, X, y, context=context, **options)
         swept = transport.blocks.swept
         if swept:
             self.log(f"Removed {len(swept)} shared-memory segment(s) left in /dev/shm by runs that died "
                      f"({sum(size for _, size in swept) / (1 << 20):.1f} MiB).")
         return transport
+
+    def _carrier(self):
+        if self.config.transport == "mpi":
+            return "over MPI one-sided windows, served state"
+        return f"start method {self.start_method}, shared memory"
 
     def _release(self, executor, sampler, previous_threads):
         """Stop the sampler, the evaluation thread and the workers; unlink every shared block."""
@@ -339,6 +354,8 @@ class _ParallelRun:
             except WorkerStalled:
                 raise  # a worker that was ready, then stopped: nothing to do with how it started
             except WorkerFailed as error:
+                if self.config.transport != "shm":
+                    raise WorkerFailed(f"{error} It failed while starting.") from None
                 raise WorkerFailed(
                     f"{error} It failed while starting: with the {self.start_method!r} start method a worker "
                     "re-imports the main script, so run it from a file whose training code sits under "

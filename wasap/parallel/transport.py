@@ -21,8 +21,9 @@ implements both sides. What a transport must provide:
 - **messages** (:mod:`.messages`) from workers to the server;
 - the workers' **lifetime**: start, watch, stop.
 
-The shared-memory transport (:mod:`.shm_transport`) is the one implementation;
-a transport over MPI one-sided windows implements the same two classes.
+Two transports implement both: shared memory on one machine (:mod:`.shm_transport`) and MPI
+one-sided windows across machines (:mod:`.mpi_transport`); what the server does with the served
+arrays is common to them (:mod:`.served`).
 
 Liveness. No wait on either side is unbounded. The server waits in steps and
 checks its workers between them (:meth:`ServerTransport.check_workers`): one
@@ -210,7 +211,8 @@ class ServerTransport(ABC):
     @property
     @abstractmethod
     def pids(self) -> list:
-        """Process ids of the workers on this machine, in worker order (the profile samples their CPU)."""
+        """Process ids of the workers in worker order, None for one on another machine (the profile samples
+        the CPU of the others)."""
 
     @abstractmethod
     def check_workers(self) -> None:
