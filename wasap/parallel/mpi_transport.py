@@ -50,7 +50,7 @@ from ..optim import momentum_step
 from ..profiling import time_table_shape
 from .messages import Activity, Command, GradientPushed, Ready
 from .served import ServedArraysServer, serve_model, served_layout
-from .transport import StallWatch, Stopped, WORKER_POLL, WorkerFailed, WorkerTransport, stall_error
+from .transport import Stopped, WORKER_POLL, WorkerFailed, WorkerTransport, stall_error
 
 #: Seconds between the progress thread's calls into MPI on rank 0.
 PROGRESS_INTERVAL = 0.001
@@ -286,18 +286,7 @@ class MpiServerTransport(ServedArraysServer):
         if self.comm.Get_size() != n_workers + 1:
             raise ConfigError(f"{n_workers} worker(s) over MPI need {n_workers + 1} ranks, but the job has "
                               f"{self.comm.Get_size()}; " + LAUNCH_HINT + ".")
-        self.n_workers = n_workers
-        self.n_slots = n_slots
-        self.n_layers = len(model.layers)
-        self.sizes = model.sizes
-        self.model_kind = dict(activation=model.activation, alpha=model.alpha,
-                               output_activation=model.output_activation, loss=model.loss)
-        self.caps = [layer.nnz for layer in model.layers]
-        self.stall_timeout = stall_timeout
-        self._watch = None if stall_timeout is None else StallWatch(n_workers, stall_timeout)
-        self.idle_seconds = 0.0
-        self._holding_all = False
-        self._expected_exit = False
+        self._describe_run(model, n_workers, n_slots, stall_timeout)
         self._started = False
         self._said_bye = set()
         self._hosts = {}

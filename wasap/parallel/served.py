@@ -35,7 +35,7 @@ import numpy as np
 from ..model import SparseLayer, SparseMLP
 from ..profiling import time_table_shape
 from .messages import Command
-from .transport import LayerState, ServerTransport
+from .transport import LayerState, ServerTransport, StallWatch
 
 
 def served_layout(model: SparseMLP, *, n_workers: int, n_slots: int, max_partition: int, replicas: bool) -> dict:
@@ -112,6 +112,22 @@ class ServedArraysServer(ServerTransport):
     blocks: Mapping[str, np.ndarray]
     caps: list
     model_kind: dict
+
+    def _describe_run(self, model: SparseMLP, n_workers: int, n_slots: int, stall_timeout) -> None:
+        """The attributes every server side keeps: the run's shape, the served layers' capacities, the stall
+        watch (None: never), the idle time, and whether it holds every lock or has begun to shut down."""
+        self.n_workers = n_workers
+        self.n_slots = n_slots
+        self.n_layers = len(model.layers)
+        self.sizes = model.sizes
+        self.model_kind = dict(activation=model.activation, alpha=model.alpha,
+                               output_activation=model.output_activation, loss=model.loss)
+        self.caps = [layer.nnz for layer in model.layers]
+        self.stall_timeout = stall_timeout
+        self._watch = None if stall_timeout is None else StallWatch(n_workers, stall_timeout)
+        self.idle_seconds = 0.0
+        self._holding_all = False  # inside model_lock(): the server's thread holds every layer's lock
+        self._expected_exit = False
 
     def visible(self) -> None:
         """Make the workers' writes visible to the server's views and the server's to the workers

@@ -33,7 +33,7 @@ from ..optim import momentum_step
 from .messages import Activity, Command, Ready
 from .served import ServedArraysServer, read_served_model, serve_model, served_layout
 from .shm import SharedBlocks, run_prefix
-from .transport import (StallWatch, Stopped, WORKER_POLL, WorkerFailed, WorkerTransport,
+from .transport import (Stopped, WORKER_POLL, WorkerFailed, WorkerTransport,
                         describe_exit, stall_error)
 
 _THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -101,22 +101,11 @@ class SharedMemoryTransport(ServedArraysServer):
     """
 
     def __init__(self, model, X, y, *, n_workers, n_slots, partitions, replicas, context, stall_timeout=None):
-        self._holding_all = False  # inside model_lock(): this (server) thread holds every layer's lock
-        self.n_workers = n_workers
-        self.n_slots = n_slots
-        self.n_layers = len(model.layers)
-        self.sizes = model.sizes
-        self.model_kind = dict(activation=model.activation, alpha=model.alpha,
-                               output_activation=model.output_activation, loss=model.loss)
-        self.caps = [layer.nnz for layer in model.layers]
+        self._describe_run(model, n_workers, n_slots, stall_timeout)
         self.prefix = run_prefix()
         self.context = context
         self.processes = []
-        self._expected_exit = False
-        self.stall_timeout = stall_timeout
-        self._watch = None if stall_timeout is None else StallWatch(n_workers, stall_timeout)
         self._stalled = set()
-        self.idle_seconds = 0.0
         layout = served_layout(model, n_workers=n_workers, n_slots=n_slots,
                                max_partition=max(len(p) for p in partitions), replicas=replicas)
         layout.update({"X": (X.shape, np.float32), "y": (y.shape, y.dtype)})
