@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from wasap import SparseMLP
-from wasap.checkpoint import CHECKPOINT_FILE, CheckpointError, Checkpointer, load_checkpoint
+from wasap.checkpoint import CHECKPOINT_FILE, CheckpointError, Checkpointer, load_checkpoint, peek_checkpoint_config
 from wasap.config import TrainConfig
 from wasap.data import load_dataset
 from wasap.records import OutputDirError, OutputWriteError
@@ -327,3 +327,13 @@ def test_a_run_that_diverges_in_epoch_1_writes_its_outputs_and_says_why(tmp_path
     assert model.is_finite()
     for a, b in zip(model.layers, initial.layers):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_the_config_of_a_checkpoint_is_read_from_its_header_alone(reference, tmp_path):
+    _, state = load_checkpoint(reference / CHECKPOINT_FILE)
+    assert peek_checkpoint_config(reference / CHECKPOINT_FILE) == state["config"]
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes((reference / CHECKPOINT_FILE).read_bytes()[:200])
+    assert peek_checkpoint_config(damaged) is None
+    assert peek_checkpoint_config(tmp_path / "missing.npz") is None
+    assert peek_checkpoint_config(reference / "model.npz") is None  # a model file, not a checkpoint

@@ -13,8 +13,11 @@ checkpoint is so recent that writing would take more than about
 checkpoint is older than ``every`` seconds.
 """
 
+import json
 import os
 import time
+
+import numpy as np
 
 from .model import SparseMLP
 
@@ -70,6 +73,23 @@ def load_checkpoint(path):
     if missing:
         raise CheckpointError(f"the checkpoint {path!r} lacks {missing}; it cannot continue a run.")
     return model, state
+
+
+def peek_checkpoint_config(path):
+    """The config a checkpoint's run was started with, read from its header alone (no layer is loaded).
+
+    Returns
+    -------
+    dict or None
+        None for a missing, unreadable or foreign file: :func:`load_checkpoint` says what is wrong with it.
+    """
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as archive:
+            header = json.loads(str(archive["header"]))
+        config = header["metadata"]["checkpoint"]["config"]
+    except Exception:
+        return None
+    return config if isinstance(config, dict) else None
 
 
 class Checkpointer:

@@ -17,7 +17,7 @@ import warnings
 from typing import Callable, Iterable, Mapping, Sequence
 
 from . import __version__
-from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, CheckpointError, load_checkpoint
+from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, CheckpointError, load_checkpoint, peek_checkpoint_config
 from .config import HYPERPARAMETERS, WIDTH_AWARE_KEYS, ConfigError, Hyperparameter, TrainConfig
 from .data import DataError, load_dataset
 from .memory import DEFAULT_BUDGET, parse_budget, plan_run
@@ -440,24 +440,22 @@ def main(argv: Sequence[str] = None, prog: str = "python -m wasap.run") -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if comm.Get_rank() > 0:
-        return mpi_transport.run_mpi_worker(comm)
+        return mpi_transport.end_of_job(mpi_transport.run_mpi_worker(comm))
     status = 1
     try:
         status = _train(args, argv, comm=comm)
-        return status
     finally:
         mpi_transport.release_waiting_workers(comm, status)
+    return mpi_transport.end_of_job(status)
 
 
 def _transport_of(args):
     """The run's transport: its flag, or for ``--resume`` the one the stopped run used."""
     if not args.resume:
         return args.transport
-    try:
-        _, state = load_checkpoint(os.path.join(args.resume, CHECKPOINT_FILE))
-        return state["config"].get("transport", "shm")
-    except Exception:
-        return "shm"  # the resume itself reports what is wrong with the checkpoint
+    config = peek_checkpoint_config(os.path.join(args.resume, CHECKPOINT_FILE))
+    # Without a readable config the resume runs on one process, which reports what is wrong.
+    return (config or {}).get("transport", "shm")
 
 
 def _train(args, argv, comm=None):

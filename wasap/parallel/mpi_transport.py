@@ -31,7 +31,10 @@ keeps a thread that calls MPI every :data:`PROGRESS_INTERVAL` seconds while the 
 Failure. A rank that dies ends the whole job (the launcher's rule); the trainer writes a checkpoint each
 epoch, so ``--resume`` goes on from the last one. A worker that raises reports it to rank 0, which stops
 the run as on one machine. A worker that stalls cannot be killed from rank 0: once rank 0 has written
-its outputs it ends the job with ``MPI_Abort`` rather than wait for it for ever.
+its outputs it ends the job with ``MPI_Abort`` rather than wait for it for ever. Any other end, an
+error status included, finalizes MPI on every rank (:func:`end_of_job`): ``python -m mpi4py`` would
+turn a non-zero exit into an abort. MPICH's node segments in /dev/shm are unlinked as soon as every
+rank has mapped them (:func:`_unlink_node_segments`), so that not even a killed job leaves them behind.
 """
 
 import atexit
@@ -66,6 +69,12 @@ _SERVER_HOLDS = -1  # the lock word's value while rank 0 holds a layer
 
 #: Whether rank 0 has sent the workers a run to join (else :func:`release_waiting_workers` sends them home).
 _setup_sent = False
+#: Whether this rank ends the job with ``MPI_Abort`` at exit (a worker did not stop): MPI is not finalized.
+_abort_at_exit = False
+#: Whether the segments MPICH made as the job started are unlinked (:func:`world`'s first call).
+_started_segments_unlinked = False
+#: The names MPICH gives the shared-memory segments of a node's ranks (mapped from /dev/shm).
+MPICH_SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
 
 LAUNCH_HINT = ("launch one process per worker plus one for the server, e.g. "
                "`mpiexec -n 3 python -m mpi4py -m wasap.run --transport mpi ...` for 2 workers "
@@ -73,7 +82,7 @@ LAUNCH_HINT = ("launch one process per worker plus one for the server, e.g. "
 
 
 def world():
-    """``MPI.COMM_WORLD`` of a job of two ranks or more.
+    """``MPI.COMM_WORLD`` of a job of two ranks or more (the first call on each rank is collective).
 
     Raises
     ------
@@ -90,7 +99,43 @@ def world():
     if comm.Get_size() < 2:
         raise ConfigError("--transport mpi runs the server and the workers as MPI ranks, but this is a job of "
                           "one rank; " + LAUNCH_HINT + ".")
+    global _started_segments_unlinked
+    if not _started_segments_unlinked:
+        _unlink_node_segments(comm)  # every rank's first call: they all make it as the job starts
+        _started_segments_unlinked = True
     return comm
+
+
+def _unlink_node_segments(comm):
+    """Unlink the MPICH segments this rank has mapped, once every rank has (collective).
+
+    MPICH creates a node's segments while the ranks start (and for windows, inside the collective call)
+    and unlinks them at ``MPI_Finalize``; a rank killed before that leaves them in /dev/shm for good. The
+    memory stays for as long as a rank maps it, and nothing opens a segment by its name afterwards.
+    """
+    comm.Barrier()
+    try:
+        with open("/proc/self/maps") as maps:
+            names = {line.split(None, 5)[5].rstrip("\n").removesuffix(" (deleted)")
+                     for line in maps if MPICH_SEGMENT_PREFIX in line}
+    except (OSError, IndexError):
+        return  # not Linux: nothing is known to leak there
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def end_of_job(status: int) -> int:
+    """End this rank's part of the job in order (``MPI_Finalize``) and return ``status`` to exit with.
+
+    Under ``python -m mpi4py`` a non-zero exit status becomes ``MPI_Abort``, which kills the other ranks
+    and prints an abort message; after an orderly end every rank finalizes, so the job exits with the
+    status and nothing else. When a worker did not stop, the abort registered at exit ends the job.
+    """
+    MPI = _mpi()
+    if not _abort_at_exit and MPI.Is_initialized() and not MPI.Is_finalized():
+        MPI.Finalize()
+    return status
 
 
 def launched_workers(comm, requested: int, explicit: bool) -> int:
@@ -188,6 +233,7 @@ class WindowArrays:
         self.nbytes = offset
         mine = comm.Get_rank() == owner
         self.win = MPI.Win.Allocate(offset if mine else 0, 1, comm=comm)
+        _unlink_node_segments(comm)
         self._int64 = MPI.INT64_T
         self._result = np.zeros(1, dtype=np.int64)
         self.views = {}
@@ -375,6 +421,7 @@ class MpiServerTransport(ServedArraysServer):
 
     def close(self):
         """Free the window with the workers, or, when one did not end, end the job once rank 0 exits."""
+        global _abort_at_exit
         self._progress_stop.set()
         if self._progress is not None:
             self._progress.join()
@@ -388,6 +435,7 @@ class MpiServerTransport(ServedArraysServer):
             # Freeing the window waits for every rank: a stalled one would hold rank 0 for ever.
             missing = sorted(set(range(self.n_workers)) - self._said_bye)
             atexit.register(_abort_job, self.comm, missing)
+            _abort_at_exit = True
 
     # -- messages and commands -------------------------------------------------------------------------
 
