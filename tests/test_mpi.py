@@ -150,7 +150,7 @@ def test_a_killed_worker_rank_ends_the_job_and_the_run_resumes_to_the_uninterrup
     assert job.returncode != 0 and not (out / "summary.json").exists(), output
     assert _mpich_segments() <= before  # unlinked as soon as every rank had mapped them
     _, state = load_checkpoint(out / CHECKPOINT_FILE)
-    assert 3 <= state["epoch"] < 20
+    assert 1 <= state["epoch"] < 20  # the last one written (one an epoch, unless epochs are short)
     resumed = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "-m", "mpi4py", "-m", "wasap.run", "--resume",
                               str(out), "--quiet"], capture_output=True, text=True, timeout=240,
                              stdin=subprocess.DEVNULL)
