@@ -8,7 +8,7 @@ import pytest
 
 from wasap.config import TrainConfig
 from wasap.model import SparseMLP
-from wasap.threads import set_threads
+from wasap.threads import ThreadGovernor, set_threads
 from wasap.train import SequentialTrainer
 
 SIZES = [10, 12, 8, 3]
@@ -219,7 +219,7 @@ def test_evaluate_mse_matches_numpy():
 # -- repeatability ---------------------------------------------------------------------------------------------
 
 
-def _train(seed, epochs=3, threads=1):
+def _train(seed, epochs=3, threads=1, governor=None):
     set_threads(threads)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(90, SIZES[0])).astype(np.float32)
@@ -227,7 +227,7 @@ def _train(seed, epochs=3, threads=1):
     config = TrainConfig(hidden=tuple(SIZES[1:-1]), epsilon=2, seed=seed, epochs=epochs, batch_size=16,
                          dropout=0.3, lr=0.05)
     model = SparseMLP.from_config(X.shape[1], SIZES[-1], config, warn=False)
-    trainer = SequentialTrainer(model, config)
+    trainer = SequentialTrainer(model, config, governor=governor)
     try:
         for epoch in range(1, epochs + 1):
             trainer.train_epoch(X, y)
@@ -257,6 +257,28 @@ def test_results_do_not_depend_on_the_thread_count():
     one = _train(seed=3, threads=1)
     two = _train(seed=3, threads=2)
     assert _same(one, two)
+
+
+class _Alternating(ThreadGovernor):
+    """A governor that changes the count every step (1, 2, 1, ...), recording the counts it set."""
+
+    def __init__(self):
+        super().__init__(2)
+        self.counts = []
+
+    def threads(self):
+        self.counts.append(1 + len(self.counts) % 2)
+        return self.counts[-1]
+
+    def record(self, seconds, n_samples):
+        pass
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba runs one thread here")
+def test_a_thread_count_that_changes_between_steps_gives_the_same_bits():
+    governor = _Alternating()
+    assert _same(_train(seed=3, threads=1), _train(seed=3, threads=2, governor=governor))
+    assert set(governor.counts) == {1, 2} and len(governor.counts) == 3 * 6  # every step of 3 epochs of 6
 
 
 def test_training_changes_topology_but_not_nnz():

@@ -14,16 +14,25 @@ Every measurement runs in a fresh subprocess (``--worker``) because numba fixes 
 process, and the math libraries' thread counts (numba, OpenMP, OpenBLAS, MKL) are pinned to the row's
 thread count before numpy is imported, so "1 thread" means one thread everywhere.
 
+``--contention`` measures instead what sharing the machine does to wasap's threads: one epoch
+``--repeats`` times (median reported) at 1 thread, 2 threads and the default thread count (no
+thread count pinned: what a user gets), first on the machine as it is, then with competing busy
+processes (``--competitors``, default one per core) running for the length of the measurement, and
+prints each beside 1 thread in the same condition.
+
 Usage::
 
     python tools/bench.py                      # full run: baselines take minutes
     python tools/bench.py --quick              # smoke run on small sample counts
     python tools/bench.py --baseline-samples 6400 --repeats 5 --json bench.json
+    python tools/bench.py --contention --repeats 5 [--competitors 2]
 """
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +70,10 @@ def parse_args(argv=None):
                         help="smoke run; changes the defaults (options given still win) to "
                              + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    parser.add_argument("--contention", action="store_true",
+                        help="wasap alone at 1, 2 and the default threads, idle and beside busy processes")
+    parser.add_argument("--competitors", type=int, default=os.cpu_count(),
+                        help="busy processes competing in --contention [one per logical CPU: %(default)s]")
     parser.add_argument("--worker", choices=("baselines", "wasap"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -121,12 +134,12 @@ def time_epochs(train_epoch, evolve, X, y, *, epochs, repeats):
 
     Returns
     -------
-    epoch_s : float
-        Best over the measurements of the mean seconds per epoch of ``n`` samples.
+    epoch_s : list of float
+        Per measurement, the mean seconds per epoch of ``n`` samples.
     evolve_s : float or None
         Fastest evolution, if any ran.
     """
-    best_epoch, evolve_times = float("inf"), []
+    measurements, evolve_times = [], []
     for _ in range(repeats):
         total = 0.0
         for epoch in range(epochs):
@@ -137,8 +150,8 @@ def time_epochs(train_epoch, evolve, X, y, *, epochs, repeats):
                 start = time.perf_counter()
                 evolve()
                 evolve_times.append(time.perf_counter() - start)
-        best_epoch = min(best_epoch, total / epochs)
-    return best_epoch, (min(evolve_times) if evolve_times else None)
+        measurements.append(total / epochs)
+    return measurements, (min(evolve_times) if evolve_times else None)
 
 
 def warmup_slice(n, batch_size):
@@ -173,8 +186,9 @@ def run_baselines(args):
         # First-touch allocations and library setup are not part of an epoch's cost.
         warm = warmup_slice(len(y), BATCH_SIZE)
         model.train_epoch(X[:warm], y[:warm], batch_size=BATCH_SIZE)
-        measured, _ = time_epochs(lambda X_, y_: model.train_epoch(X_, y_, batch_size=BATCH_SIZE), None,
-                                  X, y, epochs=args.epochs, repeats=args.baseline_repeats)
+        measurements, _ = time_epochs(lambda X_, y_: model.train_epoch(X_, y_, batch_size=BATCH_SIZE), None,
+                                      X, y, epochs=args.epochs, repeats=args.baseline_repeats)
+        measured = min(measurements)
         result[name] = {"nnz": model.nnz, "samples": len(y), "measured_s": measured,
                         "epoch_s": measured * EPOCH_SAMPLES / len(y)}
         print(f"  {name}: {result[name]['epoch_s']:.2f} s per epoch", file=sys.stderr, flush=True)
@@ -184,10 +198,13 @@ def run_baselines(args):
 def run_wasap(args):
     """Worker: time wasap at ``args.threads`` threads.
 
+    ``args.threads`` 0 means wasap's default thread count (:func:`wasap.threads.default_threads`).
+
     Returns
     -------
     dict
-        ``matmul_gflops``, ``nnz``, ``samples``, ``measured_s``, ``epoch_s`` (as for the baselines),
+        ``matmul_gflops``, ``nnz``, ``samples``, ``measured_s``, ``epoch_s`` (as for the baselines, of the
+        best measurement), ``measurements_s`` (every measurement), ``threads_used``,
         ``evolve_s`` (one SET step on all layers), and the first calls' times, numba compilation
         included: ``first_epoch_s`` (a warm-up epoch of ``warmup_samples``) and ``first_evolve_s``.
         On an import failure, only ``error``.
@@ -196,19 +213,21 @@ def run_wasap(args):
     try:
         from wasap.config import TrainConfig
         from wasap.model import SparseMLP
-        from wasap.threads import set_threads
+        from wasap.threads import ThreadGovernor, default_threads, max_threads, set_threads
         from wasap.train import SequentialTrainer
     except Exception as exc:  # any failure to import means: no wasap rows, keep the rest
         return {"error": f"wasap not importable: {type(exc).__name__}: {exc}"}
     sys.path.insert(0, TOOLS_DIR)
     from baselines import make_fashion_shape_data
 
-    set_threads(args.threads)
+    threads_used = set_threads(args.threads or default_threads())
     X, y = make_fashion_shape_data(args.samples, SIZES[0], SIZES[-1], seed=0)
     model = SparseMLP.random(SIZES, epsilon=EPSILON, activation="all-relu", alpha=HYPER["alpha"], seed=0)
     config = TrainConfig(batch_size=BATCH_SIZE, dropout=HYPER["dropout"], lr=HYPER["lr"],
                          momentum=HYPER["momentum"], weight_decay=HYPER["weight_decay"], zeta=ZETA, seed=0)
-    trainer = SequentialTrainer(model, config)
+    # The default (threads 0 here) is what fit and the estimators run: a count that adapts as it goes.
+    governor = ThreadGovernor(max_threads(), start=threads_used) if not args.threads else None
+    trainer = SequentialTrainer(model, config, governor=governor)
 
     warm = warmup_slice(len(y), BATCH_SIZE)
     start = time.perf_counter()
@@ -219,14 +238,17 @@ def run_wasap(args):
     first_evolve = time.perf_counter() - start
 
     # With one epoch per measurement no evolution runs between epochs: then time one afterwards.
-    measured, evolve_s = time_epochs(trainer.train_epoch, trainer.evolve, X, y,
-                                     epochs=args.epochs, repeats=args.repeats)
+    measurements, evolve_s = time_epochs(trainer.train_epoch, trainer.evolve, X, y,
+                                         epochs=args.epochs, repeats=args.repeats)
+    measured = min(measurements)
     if evolve_s is None:
         start = time.perf_counter()
         trainer.evolve()
         evolve_s = time.perf_counter() - start
     return {"matmul_gflops": matmul_gflops(), "nnz": int(model.nnz), "samples": len(y),
             "measured_s": measured, "epoch_s": measured * EPOCH_SAMPLES / len(y), "evolve_s": evolve_s,
+            "measurements_s": measurements,
+            "threads_used": threads_used if governor is None else governor.summary()["steps_at"],
             "warmup_samples": warm, "first_epoch_s": first_epoch, "first_evolve_s": first_evolve}
 
 
@@ -251,6 +273,9 @@ def spawn_worker(kind, threads, args):
         The worker's result, or ``{"error": ...}`` if it crashed.
     """
     env = dict(os.environ, **{name: str(threads) for name in THREAD_ENV})
+    if not threads:  # the default: nothing pinned, as a user runs it
+        for name in THREAD_ENV:
+            env.pop(name, None)
     with tempfile.TemporaryDirectory() as tmp:
         result_path = os.path.join(tmp, "result.json")
         command = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--threads", str(threads),
@@ -352,10 +377,62 @@ def print_report(report, args):
           f"{args.epochs} epoch(s) each, after a warm-up epoch; GFLOP/s = 6 * nnz * samples / seconds.")
 
 
+@contextlib.contextmanager
+def competing_processes(count):
+    """``count`` processes that keep a core busy each, for the length of the ``with`` block."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5 if count else 0)  # let them get their cores before the measurement starts
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def run_contention(args):
+    """Median epoch of wasap at 1, 2 and the default threads, idle and beside busy processes; printed."""
+    conditions = (("as it is", 0), (f"{args.competitors} busy processes", args.competitors))
+    results = {}
+    for label, competitors in conditions:
+        with competing_processes(competitors):
+            for threads in (1, 2, 0):
+                print(f"wasap, {threads or 'default'} thread(s), {label} ...", file=sys.stderr, flush=True)
+                results[label, threads] = spawn_worker("wasap", threads, args)
+    print()
+    print(f"One training epoch, {'-'.join(map(str, SIZES))}, {args.samples} samples, median of {args.repeats}; "
+          f"{os.cpu_count()} logical CPUs")
+    print(f"{'machine':<22}{'threads':>12}{'s/epoch':>10}{'vs 1 thread':>13}  epochs measured (s)")
+    for label, _ in conditions:
+        one = results[label, 1]
+        for threads in (1, 2, 0):
+            run = results[label, threads]
+            if "error" in run:
+                print(f"{label:<22}{threads or 'default':>12}  {run['error']}")
+                continue
+            median = statistics.median(run["measurements_s"])
+            speed_up = (statistics.median(one["measurements_s"]) / median) if "error" not in one else None
+            used = run["threads_used"]
+            name = str(threads) if threads else "default" + (
+                f" ({used})" if isinstance(used, int) else "")
+            print(f"{label:<22}{name:>12}{median:>10.3f}" + (f"{speed_up:>12.2f}x" if speed_up else f"{'n/a':>13}")
+                  + "  " + " ".join(f"{m:.3f}" for m in run["measurements_s"])
+                  + ("" if isinstance(used, int) else
+                     "; steps at " + ", ".join(f"{n} thread(s): {k}" for n, k in used.items())))
+    return results
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         worker_main(args)
+        return
+    if args.contention:
+        results = run_contention(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({f"{label} / {threads or 'default'} threads": run
+                           for (label, threads), run in results.items()}, f, indent=2)
         return
     print(f"baselines, 1 thread, {args.baseline_samples} samples ...", file=sys.stderr, flush=True)
     baselines = spawn_worker("baselines", 1, args)

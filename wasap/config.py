@@ -306,7 +306,7 @@ class TrainConfig:
         range=Interval(0, None), estimator="random_state")
     threads: int | None = hyperparameter(
         None, "kernel threads per process, capped to the cores the process may use", section="parallel",
-        range=Interval(1, None), unset="one per idle core")
+        range=Interval(1, None), unset="adapts to the machine as the run goes (1 up to the cores)")
     workers: int = hyperparameter(
         1, "1: the sequential trainer; K > 1: WASAP-SGD with K worker processes", section="parallel",
         range=Interval(1, None))

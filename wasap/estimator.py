@@ -35,7 +35,7 @@ from .config import HYPERPARAMETERS, TrainConfig, fill_parameters_doc, numpydoc_
 from .data import Dataset, encode_labels, validate_features, validate_training_data
 from .model import SparseMLP
 from .signals import EXIT_STATUS
-from .threads import default_threads, set_threads
+from .threads import default_governor, default_threads, set_threads
 from .train import SequentialTrainer, TrainingDiverged, fit
 
 __all__ = ["SparseMLPClassifier", "SparseMLPRegressor"]
@@ -171,7 +171,8 @@ class _BaseSparseMLP(BaseEstimator):
             # Tiny data sets (normal with scikit-learn) make epsilon's Erdős–Rényi layers dense;
             # that is a warning on the command line, where it usually means a wrong epsilon.
             self.model_ = SparseMLP.from_config(n_features, n_outputs, config, warn=bool(self.verbose))
-            self._trainer = SequentialTrainer(self.model_, config)
+            self._trainer = SequentialTrainer(self.model_, config,
+                                              governor=default_governor(config, default_threads()))
             self.n_iter_ = 0
             self.loss_curve_ = []
             self.history_ = []

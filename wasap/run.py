@@ -26,7 +26,7 @@ from .parallel import WorkerFailed, fit_parallel, resolve_workers
 from .parallel.shm import SharedMemoryFull
 from .records import OutputDirError, OutputWriteError
 from .signals import EXIT_STATUS
-from .threads import available_cores, capped_threads, default_threads, set_threads
+from .threads import available_cores, capped_threads, default_threads, max_threads, set_threads
 from .train import fit
 
 #: The paper's settings per data set (Table 2 and the authors' code); explicit
@@ -241,7 +241,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.activation != "all-relu" and args.alpha is None:
         values["alpha"] = None
     threads = values["threads"]
-    values["threads"] = default_threads() if threads is None else capped_threads(threads, name="--threads")
+    # Left out, the count adapts to the machine while the run goes on (wasap.threads.ThreadGovernor).
+    values["threads"] = None if threads is None else capped_threads(threads, name="--threads")
     values["workers"] = resolve_workers(values["workers"])
     return TrainConfig(**values)
 
@@ -493,7 +494,9 @@ def _train(args, argv, comm=None):
             started = time.perf_counter()
             model = SparseMLP.from_config(data.n_features, data.n_classes, config)
             init_seconds = time.perf_counter() - started
-            say(f"model: {model} (built in {init_seconds:.2f}s); {config.threads} thread(s)")
+            threads = (f"{config.threads} thread(s)" if config.threads else
+                       f"threads adapt to the machine (1 to {max_threads()}, from {default_threads()})")
+            say(f"model: {model} (built in {init_seconds:.2f}s); {threads}")
         else:
             say(f"resuming {out_dir} after epoch {state['epoch']} of {config.epochs}: {model}")
         trainer = fit_parallel if config.workers > 1 or config.transport == "mpi" else fit

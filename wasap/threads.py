@@ -9,8 +9,10 @@ limit binds and how to lift it. numba's own threading layer, workqueue, starts e
 kernel through the operating system; :func:`set_threads` warns once when numba runs on it.
 """
 
+import collections
 import math
 import os
+import statistics
 import warnings
 
 import numba
@@ -172,3 +174,101 @@ def default_threads() -> int:
     except OSError:
         busy = 0
     return max(1, min(max_threads(), cores - busy + 1))
+
+
+#: Steps between two probes of another thread count, at first and at most (the interval doubles each
+#: time a probe confirms the count in use, so that a count that loses costs ever less to check again).
+PROBE_EVERY, PROBE_EVERY_MAX = 16, 512
+#: A count is taken when its steps are faster than the one in use by this fraction at least.
+SWITCH_MARGIN = 0.15
+#: Steps of a probe: the first wakes the count's threads (they sleep while fewer run), the last is timed.
+PROBE_STEPS = 2
+#: Latest steps at the count in use whose median is its speed (a median: the system's hiccups pass).
+RECENT_STEPS = 15
+
+
+class ThreadGovernor:
+    """Chooses, step by step, the kernel thread count that trains fastest on the machine as it is now.
+
+    numba's OpenMP threads wait for each other at the end of every kernel by spinning. When other
+    processes compete for the cores, a thread that waits for a descheduled one spins its time away,
+    and two threads can be many times slower than one; on an idle machine they are faster. No count
+    chosen once at the start is right for both, so the governor times the steps: it trains at one
+    count, keeping the median seconds per sample of its latest steps, and now and then probes a
+    neighbouring count (half or double, in turn, within ``1 .. limit``) for :data:`PROBE_STEPS` steps,
+    timing the last (the first wakes its threads); it moves to the neighbour when its two latest
+    probes were both faster by :data:`SWITCH_MARGIN`. The kernels give the same
+    bits whatever the count, so the choice changes the speed only.
+
+    Parameters
+    ----------
+    limit : int
+        The most threads (:func:`max_threads`).
+    start : int, optional
+        The count to start at (default ``limit``).
+
+    Attributes
+    ----------
+    steps_at : dict
+        ``{threads: steps trained at that count}``.
+    """
+
+    def __init__(self, limit: int, start: int | None = None):
+        self.limit = max(1, int(limit))
+        self.current = min(self.limit, max(1, int(start or self.limit)))
+        self.recent = collections.deque(maxlen=RECENT_STEPS)  # seconds per sample at the current count
+        self.probed = {}  # threads -> seconds per sample of its latest probes (two at most)
+        self.steps_at = {}
+        self._interval = PROBE_EVERY
+        self._until_probe = PROBE_EVERY
+        self._probe_down = True
+        self._trial = None
+        self._trial_steps = 0
+
+    def _neighbour(self):
+        down, up = max(1, self.current // 2), min(self.limit, self.current * 2)
+        if down == self.current:
+            return up if up != self.current else None
+        if up == self.current:
+            return down
+        self._probe_down = not self._probe_down
+        return down if self._probe_down else up
+
+    def threads(self) -> int:
+        """The thread count of the next step (set it before the step, then :meth:`record` the step)."""
+        if self._trial is None and self.limit > 1 and self.recent:
+            self._until_probe -= 1
+            if self._until_probe <= 0:
+                self._trial, self._trial_steps = self._neighbour(), PROBE_STEPS
+        return self._trial or self.current
+
+    def record(self, seconds: float, n_samples: int) -> None:
+        """The step just run took ``seconds`` for ``n_samples`` samples."""
+        threads, trial = self._trial or self.current, self._trial
+        self.steps_at[threads] = self.steps_at.get(threads, 0) + 1
+        rate = seconds / max(1, n_samples)
+        if trial is None:
+            self.recent.append(rate)
+            return
+        self._trial_steps -= 1
+        if self._trial_steps > 0:
+            return
+        self._trial = None
+        # Two probes must agree: one step can be lucky.
+        latest = self.probed[trial] = (self.probed.get(trial, ()) + (rate,))[-2:]
+        if len(latest) == 2 and max(latest) < (1 - SWITCH_MARGIN) * statistics.median(self.recent):
+            self.current, self.probed = trial, {}
+            self.recent = collections.deque(latest, maxlen=RECENT_STEPS)
+            self._interval = PROBE_EVERY
+        else:
+            self._interval = min(PROBE_EVERY_MAX, 2 * self._interval)
+        self._until_probe = self._interval
+
+    def summary(self) -> dict:
+        """``{"threads_in_use": int, "steps_at": {threads: steps}}``, JSON-ready."""
+        return {"threads_in_use": self.current, "steps_at": {str(k): v for k, v in sorted(self.steps_at.items())}}
+
+
+def default_governor(config, start: int) -> ThreadGovernor | None:
+    """The :class:`ThreadGovernor` of a run whose ``config.threads`` is None (the default), from ``start``."""
+    return ThreadGovernor(max_threads(), start=start) if config.threads is None else None

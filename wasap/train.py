@@ -24,7 +24,7 @@ from .model import TRAINER_STREAM, SparseLayer, SparseMLP, stream_seed
 from .records import RunRecorder, run_facts
 from .signals import StopSignals, describe_stop
 from .signals import stop_reason as stop_reason_of
-from .threads import default_threads, set_threads
+from .threads import ThreadGovernor, default_governor, default_threads, set_threads
 from .topology import importance_pruning_due
 
 
@@ -47,6 +47,10 @@ class SequentialTrainer:
         Uses batch_size, micro_batch, lr, lr_fan_in, output_lr, momentum, weight_decay, dropout, zeta, init,
         importance_pruning, ip_start, ip_every, ip_percentile and seed.
 
+    governor : wasap.threads.ThreadGovernor, optional
+        Chooses the kernels' thread count before each batch (``config.threads`` None: :func:`fit` and the
+        estimators give one); without it the kernels run on the count in force.
+
     Attributes
     ----------
     step : int
@@ -58,9 +62,10 @@ class SequentialTrainer:
         it makes :meth:`state_dict`.
     """
 
-    def __init__(self, model: SparseMLP, config: TrainConfig):
+    def __init__(self, model: SparseMLP, config: TrainConfig, *, governor: ThreadGovernor | None = None):
         self.model = model
         self.config = config
+        self.governor = governor
         self.rng = np.random.default_rng(stream_seed(config.seed, TRAINER_STREAM))
         self.step = 0
         self.position = None
@@ -115,7 +120,11 @@ class SequentialTrainer:
         batches = batches_of(self.rng.permutation(X.shape[0]), cfg.batch_size)
         in_parts = cfg.micro_batch is not None and cfg.micro_batch < cfg.batch_size
         sparse = scipy.sparse.issparse(X)
+        governor = self.governor
         for rows in batches[position["batches"]:]:
+            if governor is not None:
+                set_threads(governor.threads())
+                started = time.perf_counter()
             # Micro-batches have workspaces of their own: no activations for the whole batch.
             # A sparse batch is read in place: no buffer to gather into.
             into = None if in_parts or sparse else model.workspace(rows.shape[0], training=True).x_t
@@ -126,6 +135,8 @@ class SequentialTrainer:
                 dropout=cfg.dropout, dropout_seed=stream_seed(cfg.seed, self.step), micro_batch=cfg.micro_batch,
                 rates=cfg.layer_rates(),
             )
+            if governor is not None:
+                governor.record(time.perf_counter() - started, rows.shape[0])
             self.step += 1
             if not math.isfinite(loss):
                 self.position = None
@@ -267,8 +278,8 @@ def fit(model: SparseMLP, data: Dataset, config: TrainConfig, *, out_dir: str | 
     """
     log = log or (lambda line: None)
     check_data(model, data)
-    set_threads(config.threads or default_threads())
-    trainer = trainer or SequentialTrainer(model, config)
+    threads = set_threads(config.threads or default_threads())
+    trainer = trainer or SequentialTrainer(model, config, governor=default_governor(config, threads))
     resumable = hasattr(trainer, "state_dict") and hasattr(trainer, "load_state_dict")
     if resume is not None:
         if not resumable:
@@ -342,6 +353,8 @@ class _Run:
                         train_loss, train_accuracy = trainer.train_epoch(data.X_train, data.y_train,
                                                                          progress=after_batch)
                         train_seconds = time.perf_counter() - started
+                        if getattr(trainer, "governor", None) is not None:
+                            recorder.extra["kernel_threads"] = trainer.governor.summary()
                     started = time.perf_counter()
                     test_loss, test_accuracy = model.evaluate(data.X_test, data.y_test)
                     eval_seconds = time.perf_counter() - started

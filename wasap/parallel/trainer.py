@@ -52,9 +52,10 @@ one synchronous worker (``warmup_epochs=0``) gives the sequential trainer's
 model exactly. Asynchronous runs are not repeatable: the order in which
 gradients arrive depends on timing.
 
-Threads. Each worker runs ``min(cores // K, config.threads or 1)`` kernel
-threads (numba, OpenMP, OpenBLAS and MKL are told so in the environment the
-worker starts with); the server's own kernels (evaluation) run on one thread.
+Threads. Each worker runs its share of the cores, ``cores // K`` kernel threads,
+or ``config.threads`` when that is fewer (numba, OpenMP, OpenBLAS and MKL are told
+so in the environment the worker starts with); the server's own kernels
+(evaluation) run on one thread.
 """
 
 import collections
@@ -205,8 +206,9 @@ class _ParallelRun:
         # other at every parallel loop, so threads that compete with another process for a core slow down
         # every kernel of their worker.
         # Over MPI each worker rank takes its share of its own node's cores (wasap.parallel.mpi_transport).
-        self.threads = max(1, min(available_cores() // n_workers, config.threads or 1)) \
-            if config.transport == "shm" else max(1, config.threads or 1)
+        share = max(1, available_cores() // n_workers)  # a worker's share of the cores, the default
+        self.threads = min(share, config.threads or share) if config.transport == "shm" \
+            else max(1, config.threads or 1)
         self.checkpoints = checkpoints
         self.command_line = command_line
         # A resumed run's state (wasap.checkpoint): phase one's at an epoch boundary, or phase two's average.
