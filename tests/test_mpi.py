@@ -88,6 +88,11 @@ def test_an_asynchronous_run_with_phase_two_completes_and_cleans_up(tmp_path):
     assert summary["stopped"] == "completed" and summary["epochs_completed"] == 4
     assert summary["parallel"]["workers"] == 2
     assert _mpich_segments() <= before
+    with open(tmp_path / "mpi" / "profile.json") as stream:
+        breakdown = json.load(stream)["time_breakdown"]
+    for worker in ("worker 0", "worker 1"):  # the time inside MPI calls, within the categories' time
+        phase1 = breakdown[worker]["phase1"]
+        assert 0 < phase1["in_mpi"] < phase1["wall"] and phase1["count"] > 0
 
 
 def test_mpi_without_a_launcher_says_how_to_launch(tmp_path):

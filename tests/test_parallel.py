@@ -318,6 +318,7 @@ def test_self_applied_steps_reported_in_groups_are_all_counted(tmp_path):
     for w in range(2):  # each worker held the layers' locks to pull and to apply, for part of its time
         phase1 = profile["time_breakdown"][f"worker {w}"]["phase1"]
         assert 0 < phase1["lock_held"] < phase1["wall"]
+        assert phase1["in_mpi"] == 0  # shared memory: no MPI call
     assert server["updates"] == server["gradients"] >= 3 * data.X_train.shape[0] // 16
     # Only steps in flight across one of the 2 evolutions (2 workers x 2 slots) can be stale.
     assert server["stale"] <= 2 * 2 * 2

@@ -5,8 +5,8 @@ Each round runs the same asynchronous phase one twice, alternately: ``--workers 
 Printed per transport, as the median over the rounds: seconds per epoch (the first epoch, which loads
 numba's caches, left out), and from the workers' profile (``profile.json``, summed over workers and divided
 by their steps) the microseconds a step spends pulling the weights and gathering its batch (``data``),
-waiting for a layer's lock, holding one, and in the rest of its own update (``other``), with the
-server's updates a second; then the MPI figure over the shared-memory one. The default data is random, of
+waiting for a layer's lock, holding one, in the rest of its own update (``other``) and inside MPI
+calls (part of the others), with the server's updates a second; then the MPI figure over the shared-memory one. The default data is random, of
 the Fashion-MNIST shape on 12,040 training samples an epoch (784-1000-1000-1000-10).
 
     python tools/bench_transport.py [--workers 2] [--rounds 3] [--epochs 5] [-- more wasap.run flags]
@@ -28,7 +28,7 @@ SYNTHETIC = ["--dataset", "synthetic", "--n-samples", "17200", "--n-features", "
              "--hidden", "1000,1000,1000"]
 #: The profile's categories shown per step, and how the table names them.
 STEP_PARTS = (("data", "pull + batch"), ("lock_wait", "lock wait"), ("lock_held", "lock held"),
-              ("other", "own update"))
+              ("other", "own update"), ("in_mpi", "in MPI calls"))
 
 
 def parse_args(argv=None):

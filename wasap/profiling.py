@@ -28,11 +28,13 @@ CATEGORIES = ("compute", "lock_wait", "slot_wait", "data", "other")
 PHASES = ("phase1", "phase2")
 #: Table columns: wall seconds per category, then CPU seconds of the process per category (what the
 #: worker got of a core while in it: on a busy machine wall time includes waiting for the CPU), then
-#: the wall seconds spent holding a layer's lock (part of the categories' time, not one of them: the
-#: time other workers may have to wait), then the count of gradients (phase 1) or local epochs (phase 2).
-TABLE_COLUMNS = 2 * len(CATEGORIES) + 2
+#: the wall seconds spent holding a layer's lock and those spent inside MPI calls (both part of the
+#: categories' time, not categories of their own: the time other workers may have to wait, and what
+#: the MPI transport costs), then the count of gradients (phase 1) or local epochs (phase 2).
+TABLE_COLUMNS = 2 * len(CATEGORIES) + 3
 _CPU = len(CATEGORIES)
 _LOCK_HELD = 2 * len(CATEGORIES)
+_IN_MPI = _LOCK_HELD + 1
 
 
 def time_table_shape(n_workers):
@@ -84,6 +86,10 @@ class TimeAccount:
     def held_lock(self, seconds):
         """Add ``seconds`` during which this worker held a layer's lock."""
         self.table[self.phase, _LOCK_HELD] += seconds
+
+    def in_mpi(self, seconds):
+        """Add ``seconds`` this worker spent inside MPI calls (the MPI transport)."""
+        self.table[self.phase, _IN_MPI] += seconds
 
 
 class CpuSampler:
@@ -170,10 +176,11 @@ def worker_breakdown(table):
     -------
     dict
         ``{"phase1": {"compute": s, ..., "wall": s, "cpu": {"compute": s, ...}, "cpu_total": s,
-        "count": n, "lock_held": s, "busy_fraction": f, "cpu_share": f}, "phase2": {...}}``:
+        "count": n, "lock_held": s, "in_mpi": s, "busy_fraction": f, "cpu_share": f}, "phase2": {...}}``:
         ``busy_fraction`` is the share of the wall time spent computing, ``cpu_share`` the CPU time the
         process got over its wall time (below 1 when other processes compete for the cores), ``lock_held``
-        the wall time it held layer locks (within the categories' time).
+        the wall time it held layer locks and ``in_mpi`` the wall time inside MPI calls (0 over shared
+        memory), both within the categories' time.
     """
     out = {}
     for p, phase in enumerate(PHASES):
@@ -184,6 +191,7 @@ def worker_breakdown(table):
         row["cpu_total"] = float(sum(row["cpu"].values()))
         row["count"] = int(table[p, -1])
         row["lock_held"] = float(table[p, _LOCK_HELD])
+        row["in_mpi"] = float(table[p, _IN_MPI])
         row["busy_fraction"] = row["compute"] / wall if wall > 0 else None
         row["cpu_share"] = row["cpu_total"] / wall if wall > 0 else None
         out[phase] = row

@@ -216,6 +216,8 @@ class WindowArrays:
     views : dict
         On the owner, ``{name: ndarray}`` over the window's memory; empty elsewhere.
     nbytes : int
+    seconds : float
+        Wall time this rank has spent inside the window's MPI calls (its profile's ``in_mpi``).
     """
 
     def __init__(self, comm, layout, owner=0):
@@ -236,6 +238,7 @@ class WindowArrays:
         _unlink_node_segments(comm)
         self._int64 = MPI.INT64_T
         self._result = np.zeros(1, dtype=np.int64)
+        self.seconds = 0.0
         self.views = {}
         if mine:
             memory = self.win.tomemory()
@@ -266,32 +269,40 @@ class WindowArrays:
         self._transfer(self.win.Put, name, values, start)
 
     def _transfer(self, operation, name, buffer, start):
+        started = time.perf_counter()
         flat = buffer.reshape(-1)
         disp, mpi_type = self._target(name, start, flat.shape[0])
         itemsize = flat.dtype.itemsize
         for first in range(0, flat.shape[0], CHUNK):
             part = flat[first:first + CHUNK]
             operation([part, mpi_type], self.owner, target=(disp + first * itemsize, part.shape[0], mpi_type))
+        self.seconds += time.perf_counter() - started
 
     def flush(self):
         """Complete every operation of this rank on the window."""
+        started = time.perf_counter()
         self.win.Flush(self.owner)
+        self.seconds += time.perf_counter() - started
 
     def compare_and_swap(self, name, index, expected, new):
         """Atomically set int64 element ``index`` of ``name`` to ``new`` where it is ``expected``; the old value."""
+        started = time.perf_counter()
         disp, _ = self._target(name, index, 1)
         self.win.Compare_and_swap([np.array([new], dtype=np.int64), self._int64],
                                   [np.array([expected], dtype=np.int64), self._int64],
                                   [self._result, self._int64], self.owner, disp)
+        self.seconds += time.perf_counter() - started
         self.flush()
         return int(self._result[0])
 
     def replace(self, name, index, value):
         """Atomically set int64 element ``index`` of ``name`` to ``value`` (complete on return)."""
         MPI = _mpi()
+        started = time.perf_counter()
         disp, _ = self._target(name, index, 1)
         self.win.Accumulate([np.array([value], dtype=np.int64), self._int64], self.owner,
                             target=(disp, 1, self._int64), op=MPI.REPLACE)
+        self.seconds += time.perf_counter() - started
         self.flush()
 
     def sync(self):
@@ -565,6 +576,7 @@ class MpiWorkerTransport(WorkerTransport):
         self._sent_beats = np.zeros(3, dtype=np.int64)
         self._sent_times = np.zeros_like(self._times)
         self._pushed = 0.0
+        self._mpi_charged = 0.0
         self._activity = (Activity.STARTING, 0)
         self._beating = False
         self._stopped = False
@@ -586,6 +598,9 @@ class MpiWorkerTransport(WorkerTransport):
 
     def _push_accounts(self):
         """Put the heartbeat and the time accounts in rank 0's window (the stall watch and the profile read them)."""
+        if self.account is not None:
+            self.account.in_mpi(self.arrays.seconds - self._mpi_charged)
+            self._mpi_charged = self.arrays.seconds
         self._sent_beats[...] = self._beats
         self._sent_times[...] = self._times
         self.arrays.put("beats", self._sent_beats, self.worker * 3)
@@ -633,7 +648,9 @@ class MpiWorkerTransport(WorkerTransport):
                     self.arrays.put(f"grad_{l}", self._grads[message.slot][l][:nnz], base * self.caps[l])
                     self.arrays.put(f"bias_grad_{l}", self._bias_grads[message.slot][l], base * self.sizes[l + 1])
             self.arrays.flush()
+        started = time.perf_counter()
         self.comm.send(message, dest=0, tag=_TAG_MESSAGE)
+        self.arrays.seconds += time.perf_counter() - started
 
     # -- phase one -------------------------------------------------------------------------------------
 
