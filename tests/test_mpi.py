@@ -81,18 +81,24 @@ def test_two_synchronous_workers_give_the_same_model_over_mpi_as_over_shared_mem
 
 def test_an_asynchronous_run_with_phase_two_completes_and_cleans_up(tmp_path):
     before = _mpich_segments()
-    result = _run(tmp_path / "mpi", "--epochs", "4", "--phase2-start", "3", ranks=3)
+    # Long enough (a few seconds) for the profile's sampler to see the workers' reports.
+    result = _run(tmp_path / "mpi", "--epochs", "16", "--phase2-start", "14", ranks=3)
     assert result.returncode == 0, result.stdout + result.stderr
     with open(tmp_path / "mpi" / "summary.json") as stream:
         summary = json.load(stream)
-    assert summary["stopped"] == "completed" and summary["epochs_completed"] == 4
+    assert summary["stopped"] == "completed" and summary["epochs_completed"] == 16
     assert summary["parallel"]["workers"] == 2
     assert _mpich_segments() <= before
     with open(tmp_path / "mpi" / "profile.json") as stream:
-        breakdown = json.load(stream)["time_breakdown"]
-    for worker in ("worker 0", "worker 1"):  # the time inside MPI calls, within the categories' time
-        phase1 = breakdown[worker]["phase1"]
+        profile = json.load(stream)
+    for worker in ("worker 0", "worker 1"):
+        phase1 = profile["time_breakdown"][worker]["phase1"]  # the time inside MPI calls, within the rest
         assert 0 < phase1["in_mpi"] < phase1["wall"] and phase1["count"] > 0
+        # Each worker rank reported its own CPU use and memory (as it would from another machine).
+        samples = profile["samples"]["processes"][worker]
+        assert any(cpu is not None and cpu > 0 for cpu in samples["cpu_percent"])
+        assert max(rss or 0 for rss in samples["rss"]) > 50e6  # an interpreter with numpy and numba
+        assert profile["summary"][worker]["mean_cpu_percent_phase1"] > 0
 
 
 def test_mpi_without_a_launcher_says_how_to_launch(tmp_path):

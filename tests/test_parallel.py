@@ -432,3 +432,19 @@ def test_phase_two_averages_replicas_back_to_the_target_nnz():
     assert model.nnz_per_layer() == start  # SET keeps nnz; the average is pruned back to it
     assert summary["final_test_accuracy"] > 0.6
     assert summary["parallel"]["phase2_start"] == 3
+
+
+def test_the_cpu_sampler_samples_processes_and_the_ones_that_report_their_own_use():
+    from wasap.profiling import CpuSampler, build_profile, time_table_shape
+
+    reports = iter([None, (50.0, 123_000_000)] + [(100.0, 125_000_000)] * 100)
+    sampler = CpuSampler({"server": os.getpid()}, interval=0.05, phase=lambda: 1,
+                         reported={"worker 0": lambda: next(reports)}).start()
+    time.sleep(0.4)
+    sampler.stop()
+    profile = build_profile(sampler, np.zeros(time_table_shape(1)))
+    local, remote = profile["samples"]["processes"]["server"], profile["samples"]["processes"]["worker 0"]
+    assert len(remote["cpu_percent"]) == len(local["cpu_percent"]) == len(profile["samples"]["t"]) >= 3
+    assert remote["pid"] is None and remote["cpu_percent"][:2] == [None, 50.0] and set(remote["uss"]) == {None}
+    assert profile["summary"]["worker 0"]["peak_rss_bytes"] == 125_000_000
+    assert 50.0 < profile["summary"]["worker 0"]["mean_cpu_percent_phase1"] <= 100.0

@@ -103,9 +103,12 @@ class CpuSampler:
         Seconds between samples (USS: every fourth sample).
     phase : callable, optional
         Returns the current phase (recorded with each sample).
+    reported : dict of str -> callable, optional
+        Processes that report their own use (on other machines): name to a callable that returns
+        ``(cpu_percent, rss_bytes)`` as last reported, or None; sampled with the others, without USS.
     """
 
-    def __init__(self, processes, *, interval=0.5, phase=None):
+    def __init__(self, processes, *, interval=0.5, phase=None, reported=None):
         import psutil
 
         self.interval = float(interval)
@@ -122,6 +125,8 @@ class CpuSampler:
         self.phases = []
         self.series = {name: dict(pid=handle.pid, cpu_percent=[], rss=[], uss=[])
                        for name, handle in self._handles.items()}
+        self._reported = dict(reported or {})
+        self.series.update({name: dict(pid=None, cpu_percent=[], rss=[], uss=[]) for name in self._reported})
         self._uss_ok = True
         self._stop = threading.Event()
         self._started = time.perf_counter()
@@ -163,6 +168,15 @@ class CpuSampler:
                 series["cpu_percent"].append(cpu)
                 series["rss"].append(rss)
                 series["uss"].append(uss)
+            for name, read in self._reported.items():
+                try:
+                    cpu, rss = read() or (None, None)
+                except Exception:  # the run is ending: leave a gap, as for a process that ended
+                    cpu = rss = None
+                series = self.series[name]
+                series["cpu_percent"].append(cpu)
+                series["rss"].append(rss)
+                series["uss"].append(None)
 
 
 def worker_breakdown(table):

@@ -59,6 +59,8 @@ from .transport import Stopped, WORKER_POLL, WorkerFailed, WorkerTransport, stal
 PROGRESS_INTERVAL = 0.001
 #: Seconds between a worker's pushes of its heartbeat and time accounts to rank 0.
 BEAT_INTERVAL = 0.1
+#: Seconds between a worker's reports of its own CPU use and memory (rank 0's profile samples them).
+USAGE_INTERVAL = 0.25
 #: Seconds rank 0 waits for the workers to say they started (loading the kernels can take minutes).
 STARTUP_TIMEOUT = 600.0
 #: Elements a single MPI transfer moves at most: MPI counts are C ints.
@@ -351,6 +353,8 @@ class MpiServerTransport(ServedArraysServer):
         layout = served_layout(model, n_workers=n_workers, n_slots=n_slots,
                                max_partition=max(len(p) for p in partitions), replicas=replicas)
         layout["locks"] = ((self.n_layers,), np.int64)
+        # Each worker's own CPU percent and RSS (psutil on its host), for the profile: a number of reports first.
+        layout["usage"] = ((n_workers, 3), np.float64)
         for w, rows in enumerate(partitions):
             setup = dict(layout=layout, worker=w, n_slots=n_slots, sizes=self.sizes, model_kind=self.model_kind,
                          X=((len(rows), X.shape[1]), np.float32), y=((len(rows),) + y.shape[1:], y.dtype))
@@ -395,8 +399,22 @@ class MpiServerTransport(ServedArraysServer):
 
     @property
     def pids(self):
-        host = socket.gethostname()
-        return [self._hosts[w][1] if self._hosts.get(w, (None,))[0] == host else None for w in range(self.n_workers)]
+        return [None] * self.n_workers  # every worker rank samples itself, on its own host (usage_readers)
+
+    def usage_readers(self):
+        usage = self.blocks["usage"]
+        # The profile's sampler thread may call MPI only where threads may; else it reads as it is.
+        may_sync = _mpi().Query_thread() == _mpi().THREAD_MULTIPLE
+
+        def reader(w):
+            def read():
+                if may_sync:
+                    self.visible()
+                reports, cpu, rss = (float(v) for v in usage[w])
+                return (cpu, int(rss)) if reports > 0 else None
+            return read
+
+        return {f"worker {w}": reader(w) for w in range(self.n_workers)}
 
     def check_workers(self):
         # A rank that dies ends the whole job (the launcher's rule): what is left to find is a stalled one.
@@ -577,6 +595,9 @@ class MpiWorkerTransport(WorkerTransport):
         self._sent_times = np.zeros_like(self._times)
         self._pushed = 0.0
         self._mpi_charged = 0.0
+        self._usage = np.zeros(3, dtype=np.float64)
+        self._usage_reported = 0.0
+        self._process = None
         self._activity = (Activity.STARTING, 0)
         self._beating = False
         self._stopped = False
@@ -605,8 +626,28 @@ class MpiWorkerTransport(WorkerTransport):
         self._sent_times[...] = self._times
         self.arrays.put("beats", self._sent_beats, self.worker * 3)
         self.arrays.put("times", self._sent_times, self.worker * self._times.size)
+        now = time.monotonic()
+        if now - self._usage_reported > USAGE_INTERVAL:
+            self._report_usage()
+            self._usage_reported = now
         self.arrays.flush()
-        self._pushed = time.monotonic()
+        self._pushed = now
+
+    def _report_usage(self):
+        """This process's CPU percent since the last report and its RSS, into its row of ``usage``."""
+        import psutil
+
+        try:
+            if self._process is None:
+                self._process = psutil.Process()
+                self._process.cpu_percent(None)  # the first call only primes the counter
+                return
+            self._usage[1] = self._process.cpu_percent(None)
+            self._usage[2] = self._process.memory_info().rss
+        except psutil.Error:
+            return
+        self._usage[0] += 1
+        self.arrays.put("usage", self._usage, self.worker * 3)
 
     # -- liveness and commands -------------------------------------------------------------------------
 

@@ -255,10 +255,11 @@ class _ParallelRun:
                 worker_main, [(w, self.n_workers, worker_config, self.threads, self._first_phase2_epoch(),
                                self._worker_start(w)) for w in range(self.n_workers)],
                 self.threads)
-            # Workers on other machines (MPI) have no pid here: their own time accounts still reach the profile.
+            # MPI's workers, on whichever machine, report their own CPU use (usage_readers) instead of a pid.
             pids = {"server": os.getpid(), **{f"worker {w}": pid for w, pid in enumerate(self.transport.pids)
                                               if pid is not None}}
-            sampler = CpuSampler(pids, interval=self.profile_interval, phase=lambda: self.phase).start()
+            sampler = CpuSampler(pids, interval=self.profile_interval, phase=lambda: self.phase,
+                                 reported=self.transport.usage_readers()).start()
             self._wait_ready()
             self._phase_one()
             if self.phase2:

@@ -211,8 +211,13 @@ class ServerTransport(ABC):
     @property
     @abstractmethod
     def pids(self) -> list:
-        """Process ids of the workers in worker order, None for one on another machine (the profile samples
-        the CPU of the others)."""
+        """Process ids of the workers in worker order, None for one the server cannot sample itself (the
+        profile samples the CPU of the others)."""
+
+    def usage_readers(self) -> dict:
+        """``{"worker w": callable}`` for the workers that report their own CPU use: each callable returns
+        ``(cpu_percent, rss_bytes)`` as last reported, or None before the first report."""
+        return {}
 
     @abstractmethod
     def check_workers(self) -> None:
