@@ -69,7 +69,8 @@ def _no_segments_of(pid):
 
 
 @pytest.mark.parametrize("init,rates", [("he-uniform", {}), ("he-uniform-sparse", dict(lr_fan_in=6.0)),
-                                        ("he-uniform", dict(output_lr=0.003, zero_output=True))])
+                                        ("he-uniform", dict(output_lr=0.003, zero_output=True)),
+                                        ("he-uniform", dict(augment="1x4x5"))])  # 20 features as images
 def test_one_synchronous_worker_reproduces_the_sequential_trainer(init, rates):
     data = _blobs()
     config = TrainConfig(hidden=(48, 32), epsilon=4, epochs=4, batch_size=32, seed=7, threads=1, workers=1,

@@ -54,7 +54,7 @@ def test_explicit_flags_override_the_preset():
 
 def test_every_hyperparameter_flag_reaches_the_config():
     argv = ["--hidden", "7,5", "--activation", "leaky-relu", "--alpha", "0.2", "--epsilon", "3", "--init", "xavier",
-            "--zeta", "0.1", "--epochs", "4", "--batch-size", "9", "--micro-batch", "3", "--lr", "0.2",
+            "--zeta", "0.1", "--epochs", "4", "--batch-size", "9", "--micro-batch", "3", "--augment", "1x2x3", "--lr", "0.2",
             "--momentum", "0.5", "--weight-decay", "0.001", "--dropout", "0.1", "--lr-fan-in", "8",
             "--output-lr", "0.05", "--zero-output", "--importance-pruning", "--ip-start", "2", "--ip-every", "3",
             "--ip-percentile", "10", "--gradient-flow", "--seed", "5", "--threads", "1", "--workers", "2", "--sync",
@@ -62,7 +62,7 @@ def test_every_hyperparameter_flag_reaches_the_config():
     config = run.config_from_args(run.build_parser().parse_args(argv))
     assert config.to_dict() == dict(
         hidden=[7, 5], activation="leaky-relu", alpha=0.2, epsilon=3.0, init="xavier", zeta=0.1, epochs=4,
-        batch_size=9, micro_batch=3, lr=0.2, momentum=0.5, weight_decay=0.001, dropout=0.1, lr_fan_in=8.0,
+        batch_size=9, micro_batch=3, augment="1x2x3", lr=0.2, momentum=0.5, weight_decay=0.001, dropout=0.1, lr_fan_in=8.0,
         output_lr=0.05, zero_output=True, importance_pruning=True, ip_start=2, ip_every=3, ip_percentile=10.0,
         gradient_flow=True, seed=5, threads=1, workers=2, sync=True, phase2_start=3, warmup_epochs=2,
         transport="mpi", stall_timeout=30.0, output_activation="softmax", loss="cross-entropy")

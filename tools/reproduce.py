@@ -59,18 +59,21 @@ class Row(NamedTuple):
     table: int
     #: True: wasap's preset learning rate where it differs from the paper's (:data:`PAPER_LR`).
     preset_lr: bool = False
+    #: True: CIFAR-10 without the training-image augmentation of the authors' code (``--augment none``).
+    no_augment: bool = False
 
     @property
     def id(self):
         parts = [self.dataset, self.activation, "ip" if self.importance_pruning else "no-ip", self.trainer]
-        return "_".join(parts) + ("_preset-lr" if self.preset_lr else "")
+        return "_".join(parts) + ("_preset-lr" if self.preset_lr else "") + ("_no-augment" if self.no_augment else "")
 
     def label(self):
         activation = "ReLU" if self.activation == "relu" else f"All-ReLU (alpha {self.alpha:g})"
         trainer = dict(sequential="SET-MLP, sequential", wasap="SET-MLP, WASAP-SGD", wassp="SET-MLP, WASSP-SGD",
                        dense="dense MLP")[self.trainer]
         return (f"{trainer}, {activation}" + (", Importance Pruning" if self.importance_pruning else "")
-                + (", wasap's preset learning rate" if self.preset_lr else ""))
+                + (", wasap's preset learning rate" if self.preset_lr else "")
+                + (", training images not augmented" if self.no_augment else ""))
 
 
 #: Where each data set lives under --data-root (None: shipped with wasap).
@@ -135,6 +138,13 @@ PAPER_LR = {"fashion-mnist": 0.01}
 ROWS = [variant for row in ROWS for variant in (
     (row, row._replace(preset_lr=True))
     if row.dataset in PAPER_LR and row.trainer == "sequential" and row.activation == "all-relu" else (row,))]
+#: Data sets whose training images the authors' code augments (wasap's preset does the same); their
+#: sequential All-ReLU row runs a second time without, to show what augmentation is worth.
+AUGMENTED = ("cifar10",)
+ROWS = [variant for row in ROWS for variant in (
+    (row, row._replace(no_augment=True))
+    if row.dataset in AUGMENTED and row.trainer == "sequential" and row.activation == "all-relu"
+    and not row.importance_pruning else (row,))]
 #: ``--quick``: rows that check the tool end to end in a few minutes (with Fashion-MNIST where present).
 QUICK_ROWS = ("madelon_all-relu_no-ip_sequential", "madelon_relu_ip_sequential", "madelon_all-relu_no-ip_dense",
               "fashion-mnist_all-relu_no-ip_sequential", "fashion-mnist_all-relu_no-ip_wasap")
@@ -155,6 +165,8 @@ def run_arguments(row, epochs, data_root):
         args += ["--lr", str(PAPER_LR[row.dataset])]
     if row.importance_pruning:
         args += ["--importance-pruning"]
+    if row.no_augment:
+        args += ["--augment", "none"]
     if row.trainer == "dense":
         # Every layer at density 1 (epsilon far above any layer's width), and no SET: a dense MLP of the same
         # sizes trained by the same code and algorithm.

@@ -24,6 +24,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .activations import HIDDEN_ACTIVATIONS, LOSSES, OUTPUT_ACTIVATIONS
+from .augment import parse_image_shape
 from .optim import LayerRates
 from .topology import INIT_SCHEMES, erdos_renyi_nnz
 
@@ -271,6 +272,12 @@ class TrainConfig:
         None, "split each batch into parts of at most this many samples whose gradients accumulate: the same "
         "update, activation memory for fewer samples (wide layers)", section="training",
         range=Interval(1, None), unset="whole batches")
+    augment: str | None = hyperparameter(
+        None, "augment the training images as the paper's code did for CIFAR-10 (a random rotation of up to 10 "
+        "degrees, shifts of up to a tenth of a side, a horizontal flip per sample and step): their shape CxHxW, "
+        "channel-major (3x32x32), or auto for a data set wasap knows (cifar10, fashion-mnist); none on the command "
+        "line turns off a preset's",
+        section="training", unset="no augmentation")
     lr: float = hyperparameter(
         0.01, "learning rate of momentum SGD", section="training", range=_POSITIVE)
     momentum: float = hyperparameter(
@@ -344,6 +351,11 @@ class TrainConfig:
             raise ConfigError("softmax output goes with loss='cross-entropy'; use identity or sigmoid with mse.")
         if self.loss == "cross-entropy" and self.output_activation != "softmax":
             raise ConfigError("loss='cross-entropy' needs output_activation='softmax'.")
+        if self.augment not in (None, "auto"):
+            try:
+                parse_image_shape(self.augment)
+            except ValueError as error:
+                raise ConfigError(f"augment: {error}.") from None
 
     @classmethod
     def width_aware(cls, hidden: Iterable[int], n_outputs: int, *, epsilon: float, **overrides) -> "TrainConfig":

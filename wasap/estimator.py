@@ -91,6 +91,7 @@ class _BaseSparseMLP(BaseEstimator):
     def __init__(self, hidden_layer_sizes=_CLASSIFIER.hidden, *, activation=_CLASSIFIER.activation,
                  alpha=_CLASSIFIER.alpha, epsilon=_CLASSIFIER.epsilon, zeta=_CLASSIFIER.zeta, init=_CLASSIFIER.init,
                  epochs=_CLASSIFIER.epochs, batch_size=_CLASSIFIER.batch_size, micro_batch=_CLASSIFIER.micro_batch,
+                 augment=_CLASSIFIER.augment,
                  lr=_CLASSIFIER.lr, lr_fan_in=_CLASSIFIER.lr_fan_in, output_lr=_CLASSIFIER.output_lr,
                  zero_output=_CLASSIFIER.zero_output, momentum=_CLASSIFIER.momentum,
                  weight_decay=_CLASSIFIER.weight_decay, dropout=_CLASSIFIER.dropout,
@@ -108,6 +109,7 @@ class _BaseSparseMLP(BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.micro_batch = micro_batch
+        self.augment = augment
         self.lr = lr
         self.lr_fan_in = lr_fan_in
         self.output_lr = output_lr
@@ -548,6 +550,7 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
     def __init__(self, hidden_layer_sizes=_REGRESSOR.hidden, *, activation=_REGRESSOR.activation,
                  alpha=_REGRESSOR.alpha, epsilon=_REGRESSOR.epsilon, zeta=_REGRESSOR.zeta, init=_REGRESSOR.init,
                  epochs=_REGRESSOR.epochs, batch_size=_REGRESSOR.batch_size, micro_batch=_REGRESSOR.micro_batch,
+                 augment=_REGRESSOR.augment,
                  lr=_REGRESSOR.lr, lr_fan_in=_REGRESSOR.lr_fan_in, output_lr=_REGRESSOR.output_lr,
                  zero_output=_REGRESSOR.zero_output, momentum=_REGRESSOR.momentum,
                  weight_decay=_REGRESSOR.weight_decay, dropout=_REGRESSOR.dropout,
@@ -558,7 +561,7 @@ class SparseMLPRegressor(RegressorMixin, _BaseSparseMLP):
                  warm_start=False, random_state=None, verbose=False):
         super().__init__(
             hidden_layer_sizes, activation=activation, alpha=alpha, epsilon=epsilon, zeta=zeta, init=init,
-            epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr, lr_fan_in=lr_fan_in,
+            epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, augment=augment, lr=lr, lr_fan_in=lr_fan_in,
             output_lr=output_lr, zero_output=zero_output, momentum=momentum, weight_decay=weight_decay,
             dropout=dropout, importance_pruning=importance_pruning, ip_start=ip_start, ip_every=ip_every,
             ip_percentile=ip_percentile, threads=threads, workers=workers, sync=sync, phase2_start=phase2_start,

@@ -20,6 +20,7 @@ from .checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer, load_check
 from .config import TrainConfig
 from .data import DataError, Dataset
 from .gradient_flow import gradient_flow, sample_rows
+from .augment import AUGMENT_STREAM, augment_batch, training_image_shape
 from .model import TRAINER_STREAM, SparseLayer, SparseMLP, stream_seed
 from .records import RunRecorder, run_facts
 from .signals import StopSignals, describe_stop
@@ -121,6 +122,7 @@ class SequentialTrainer:
         in_parts = cfg.micro_batch is not None and cfg.micro_batch < cfg.batch_size
         sparse = scipy.sparse.issparse(X)
         governor = self.governor
+        image_shape = training_image_shape(cfg, X)
         for rows in batches[position["batches"]:]:
             if governor is not None:
                 set_threads(governor.threads())
@@ -129,6 +131,8 @@ class SequentialTrainer:
             # A sparse batch is read in place: no buffer to gather into.
             into = None if in_parts or sparse else model.workspace(rows.shape[0], training=True).x_t
             x_t = gather_transposed(X, rows, into)
+            if image_shape is not None:
+                augment_batch(x_t, image_shape, np.random.default_rng(stream_seed(cfg.seed, AUGMENT_STREAM, self.step)))
             target = np.ascontiguousarray(y[rows].T, dtype=np.float32) if regression else y[rows]
             loss, n_correct = model.train_batch(
                 x_t, target, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -278,6 +282,7 @@ def fit(model: SparseMLP, data: Dataset, config: TrainConfig, *, out_dir: str | 
     """
     log = log or (lambda line: None)
     check_data(model, data)
+    training_image_shape(config, data.X_train)  # a shape that does not fit is refused before anything starts
     threads = set_threads(config.threads or default_threads())
     trainer = trainer or SequentialTrainer(model, config, governor=default_governor(config, threads))
     resumable = hasattr(trainer, "state_dict") and hasattr(trainer, "load_state_dict")

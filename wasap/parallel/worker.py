@@ -48,6 +48,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..augment import AUGMENT_STREAM, augment_batch, training_image_shape
 from ..batches import gather_transposed
 from ..config import TrainConfig
 from ..model import REPLICA_STREAM, TRAINER_STREAM, stream_seed
@@ -185,6 +186,7 @@ def _phase_one(transport, account, model, worker, n_workers, config, start):
     position = start.position if 0 < start.position < n_rows else n_rows  # n_rows: draw a fresh order
     # Inside an order (a resumed synchronous run): the server has written that order again.
     order = transport.order(n_rows) if position < n_rows else None
+    image_shape = training_image_shape(config, X)
     account.charge("other")
     while True:
         if not transport.acquire_slot(WORKER_POLL):
@@ -205,6 +207,9 @@ def _phase_one(transport, account, model, worker, n_workers, config, start):
         # Into the workspace's 64-byte aligned buffer, as the sequential trainer does (the kernels'
         # vector loads are slower across cache lines).
         x_t = gather_transposed(X, batch_rows, model.workspace(batch_rows.shape[0], training=True).x_t)
+        if image_shape is not None:  # as the sequential trainer's step, to the bit
+            augment_batch(x_t, image_shape,
+                          np.random.default_rng(stream_seed(config.seed, AUGMENT_STREAM, step * n_workers + worker)))
         target = np.ascontiguousarray(y[batch_rows].T, dtype=np.float32) if regression else y[batch_rows]
         account.charge("data")
         slot = step % n_slots
