@@ -26,7 +26,7 @@ import time
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The logistic regression's inverse regularisation strengths tried.
-C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 def parse_args(argv=None):
