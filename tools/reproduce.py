@@ -278,7 +278,13 @@ def results_table(rows, out_root, seeds, epochs, data_root, figures):
              "", f"Machine: {machine()}. Sequential and dense rows ran on one thread; parallel rows with "
              f"{PARALLEL_WORKERS} workers of one thread (the paper: 5 workers on 6 physical cores), phase two "
              f"over the last {int(PHASE_TWO_SHARE * 100)}% of the epochs for WASAP-SGD. Several runs shared "
-             "the machine at once, so the minutes are an upper bound on a quiet machine's.", ""]
+             "the machine at once, so the minutes are an upper bound on a quiet machine's.", "",
+             "Data as the paper's but for two: *higgs* is a subset of HIGGS, LightGBM's 7,000 training and 500 "
+             "test rows (the paper: 105,000 and 50,000), so its figures are not the paper's experiment and "
+             "their spread is large; *cifar10* is a JPEG copy of CIFAR-10 (decoded pixels about 6/255 off). "
+             "CIFAR-10's training images are augmented (rotations, shifts, flips: `--augment`, on in the "
+             "cifar10 preset) as the paper's code does; a row marked *not augmented* shows the network without.",
+             ""]
     for table in (2, 3):
         lines += [f"## Table {table}", "",
                   "| data set | model | paper accuracy | wasap accuracy (n) | paper weights start -> end "
