@@ -502,8 +502,13 @@ def _train(args, argv, comm=None):
             started = time.perf_counter()
             model = SparseMLP.from_config(data.n_features, data.n_classes, config)
             init_seconds = time.perf_counter() - started
-            threads = (f"{config.threads} thread(s)" if config.threads else
-                       f"threads adapt to the machine (1 to {max_threads()}, from {default_threads()})")
+            if config.workers > 1 or config.transport == "mpi":
+                threads = "kernel threads: each worker's share of its machine's cores" + (
+                    f", at most {config.threads}" if config.threads else "")
+            elif config.threads:
+                threads = f"{config.threads} thread(s)"
+            else:
+                threads = f"threads adapt to the machine (1 to {max_threads()}, from {default_threads()})"
             say(f"model: {model} (built in {init_seconds:.2f}s); {threads}")
         else:
             say(f"resuming {out_dir} after epoch {state['epoch']} of {config.epochs}: {model}")
