@@ -639,10 +639,14 @@ class MpiWorkerTransport(WorkerTransport):
 
         try:
             if self._process is None:
+                # The first report: the mean since the process started (psutil's own counter only primes).
                 self._process = psutil.Process()
-                self._process.cpu_percent(None)  # the first call only primes the counter
-                return
-            self._usage[1] = self._process.cpu_percent(None)
+                self._process.cpu_percent(None)
+                times = self._process.cpu_times()
+                alive = max(time.time() - self._process.create_time(), 1e-3)
+                self._usage[1] = 100.0 * (times.user + times.system) / alive
+            else:
+                self._usage[1] = self._process.cpu_percent(None)
             self._usage[2] = self._process.memory_info().rss
         except psutil.Error:
             return
