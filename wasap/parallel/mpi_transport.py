@@ -767,27 +767,19 @@ class MpiWorkerTransport(WorkerTransport):
             if self.account is not None:
                 self.account.held_lock(time.perf_counter() - acquired)
 
-    def pull_weights(self, model, versions):
-        new_versions = list(versions)
-        for l, layer in enumerate(model.layers):
-            with self._locked_layer(l) as (version, nnz):
-                if version != versions[l]:
-                    indptr = np.empty(layer.n_in + 1, dtype=np.int64)
-                    indices = np.empty(nnz, dtype=np.int32)
-                    data = np.empty(nnz, dtype=np.float32)
-                    self.arrays.get(f"indptr_{l}", indptr)
-                    self.arrays.get(f"indices_{l}", indices)
-                    self.arrays.get(f"data_{l}", data)
-                else:
-                    self.arrays.get(f"data_{l}", layer.data)
-                    indptr = None
-                self.arrays.get(f"bias_{l}", layer.bias)
-                self.arrays.flush()
-            if indptr is not None:
-                layer.set_structure(indptr, indices, data)
-                new_versions[l] = version
-            self._charge("data")
-        return new_versions
+    def _read_structure(self, l, layer, nnz):
+        indptr = np.empty(layer.n_in + 1, dtype=np.int64)
+        indices = np.empty(nnz, dtype=np.int32)
+        data = np.empty(nnz, dtype=np.float32)
+        for name, out in (("indptr", indptr), ("indices", indices), ("data", data), ("bias", layer.bias)):
+            self.arrays.get(f"{name}_{l}", out)
+        self.arrays.flush()
+        return indptr, indices, data
+
+    def _read_values(self, l, layer, nnz):
+        self.arrays.get(f"data_{l}", layer.data)
+        self.arrays.get(f"bias_{l}", layer.bias)
+        self.arrays.flush()
 
     def gradient_slot(self, slot, nnz):
         self._slot_nnz[slot] = [int(n) for n in nnz]

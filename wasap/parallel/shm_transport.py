@@ -469,25 +469,14 @@ class SharedMemoryWorkerTransport(WorkerTransport):
                 # How long the others may have had to wait: with K workers, what limits K.
                 self.account.held_lock(time.perf_counter() - acquired)
 
-    def pull_weights(self, model, versions):
+    def _read_structure(self, l, layer, nnz):
         b = self.blocks
-        new_versions = list(versions)
-        for l, layer in enumerate(model.layers):
-            with self._locked_layer(l) as (version, nnz):
-                if version != versions[l]:
-                    indptr = b[f"indptr_{l}"].copy()
-                    indices = b[f"indices_{l}"][:nnz].copy()
-                    data = b[f"data_{l}"][:nnz].copy()
-                else:
-                    layer.data[...] = b[f"data_{l}"][:nnz]
-                    indptr = None
-                layer.bias[...] = b[f"bias_{l}"]
-            if indptr is not None:
-                # The column view is rebuilt outside the lock: only on a new topology.
-                layer.set_structure(indptr, indices, data)
-                new_versions[l] = version
-            self._charge("data")
-        return new_versions
+        layer.bias[...] = b[f"bias_{l}"]
+        return b[f"indptr_{l}"].copy(), b[f"indices_{l}"][:nnz].copy(), b[f"data_{l}"][:nnz].copy()
+
+    def _read_values(self, l, layer, nnz):
+        layer.data[...] = self.blocks[f"data_{l}"][:nnz]
+        layer.bias[...] = self.blocks[f"bias_{l}"]
 
     def gradient_slot(self, slot, nnz):
         b = self.blocks

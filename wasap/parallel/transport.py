@@ -401,13 +401,42 @@ class WorkerTransport(ABC):
         """A copy of the sample order ``(size,) int64`` the server drew for this worker's next local epoch
         (synchronous variant)."""
 
-    @abstractmethod
     def pull_weights(self, model: SparseMLP, versions: Sequence[int]) -> list:
         """Refresh ``model``'s weights and biases in place from the served model; returns the versions read.
 
-        Each layer is read under its lock. A layer whose version differs from ``versions[l]`` gets the
-        served structure (and its column view); otherwise only values are copied.
+        Each layer is read under its lock (:meth:`_locked_layer`). A layer whose version differs from
+        ``versions[l]`` gets the served structure (:meth:`_read_structure`; its column view is rebuilt
+        outside the lock); otherwise only values are copied (:meth:`_read_values`).
         """
+        new_versions = list(versions)
+        for l, layer in enumerate(model.layers):
+            with self._locked_layer(l) as (version, nnz):
+                structure = self._read_structure(l, layer, nnz) if version != versions[l] else None
+                if structure is None:
+                    self._read_values(l, layer, nnz)
+            if structure is not None:
+                layer.set_structure(*structure)
+                new_versions[l] = version
+            self._charge("data")
+        return new_versions
+
+    @abstractmethod
+    def _locked_layer(self, layer: int):
+        """A context manager: hold ``layer``'s lock, yielding its served ``(version, nnz)``."""
+
+    @abstractmethod
+    def _read_structure(self, l: int, layer, nnz: int) -> tuple:
+        """Copies ``(indptr, indices, data)`` of served layer ``l`` (``nnz`` weights), and its biases into
+        ``layer.bias``; called under the layer's lock."""
+
+    @abstractmethod
+    def _read_values(self, l: int, layer, nnz: int) -> None:
+        """Served layer ``l``'s weights into ``layer.data`` and biases into ``layer.bias`` (same structure);
+        called under the layer's lock."""
+
+    @abstractmethod
+    def _charge(self, category: str) -> float:
+        """Charge the time since the last charge to ``category`` of this worker's account; returns now."""
 
     @abstractmethod
     def gradient_slot(self, slot: int, nnz: Sequence[int]) -> tuple:
