@@ -25,7 +25,7 @@ from .model import TRAINER_STREAM, SparseLayer, SparseMLP, stream_seed
 from .records import RunRecorder, run_facts
 from .signals import StopSignals, describe_stop
 from .signals import stop_reason as stop_reason_of
-from .threads import ThreadGovernor, default_governor, default_threads, set_threads
+from .threads import ThreadGovernor, default_governor, default_threads, get_threads, set_threads
 from .topology import importance_pruning_due
 
 
@@ -125,7 +125,9 @@ class SequentialTrainer:
         image_shape = training_image_shape(cfg, X)
         for rows in batches[position["batches"]:]:
             if governor is not None:
-                set_threads(governor.threads())
+                threads = governor.threads()
+                if threads != get_threads():  # a change of count only now and then: no call per step
+                    set_threads(threads)
                 started = time.perf_counter()
             # Micro-batches have workspaces of their own: no activations for the whole batch.
             # A sparse batch is read in place: no buffer to gather into.
