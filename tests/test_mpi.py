@@ -2,6 +2,9 @@
 
 - one synchronous worker over MPI gives the sequential trainer's model bit for bit;
 - two synchronous workers give the same model over MPI as over shared memory;
+- a gradient of an old topology, pushed through the window, updates exactly the surviving connections, and
+  a worker's own step over the window is momentum SGD on the layers it pulled at their current version;
+- phase two's replicas, published through the window, average and prune as dense numpy does;
 - an asynchronous run with phase two completes and leaves no MPI shared segment behind;
 - ``--transport mpi`` without a launcher, or with a worker count the job does not have, is a clear error
   that ends the job in order (no abort, no MPI shared segment left);
@@ -26,11 +29,14 @@ import pytest
 
 from wasap.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
+import mpi_ranks
+
 pytest.importorskip("mpi4py", reason="the MPI transport needs mpi4py (pip install 'wasap[mpi]' mpich)")
 MPIEXEC = shutil.which("mpiexec") or shutil.which(os.path.join(os.path.dirname(sys.executable), "mpiexec"))
 if MPIEXEC is None:
     pytest.skip("no mpiexec on PATH (pip install mpich)", allow_module_level=True)
 
+RANKS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_ranks.py")
 RUN = ["--dataset", "madelon", "--epochs", "3", "--threads", "1", "--quiet"]
 
 
@@ -77,6 +83,90 @@ def test_two_synchronous_workers_give_the_same_model_over_mpi_as_over_shared_mem
     over_mpi = _run(tmp_path / "mpi", "--sync", ranks=3)
     assert over_mpi.returncode == 0, over_mpi.stdout + over_mpi.stderr
     _assert_same_model(tmp_path / "shm", tmp_path / "mpi")
+
+
+def _scenario(tmp_path, name, ranks):
+    """Run one of :mod:`mpi_ranks`'s scenarios; ``{"prefix": [layer dicts]}`` of what rank 0 saved."""
+    out = tmp_path / f"{name}.npz"
+    before = _mpich_segments()
+    result = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", RANKS_SCRIPT, name, str(out)],
+                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _mpich_segments() <= before
+    return dict(np.load(out))
+
+
+def _layers(saved, prefix, n_layers):
+    return [{name: saved[f"{prefix}_{name}_{l}"] for name in ("indptr", "indices", "data", "bias", "velocity",
+                                                              "bias_velocity")} for l in range(n_layers)]
+
+
+def _dense_of(layer, values, n_out):
+    """``values``, in ``layer``'s nonzero order, as a dense (n_in, n_out) float64 matrix."""
+    indptr = layer["indptr"]
+    out = np.zeros((indptr.shape[0] - 1, n_out))
+    out[np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr)), layer["indices"]] = values
+    return out
+
+
+def test_an_old_topologys_gradient_through_the_window_updates_exactly_the_surviving_connections(tmp_path):
+    saved = _scenario(tmp_path, "stale", ranks=2)
+    sizes, config = mpi_ranks.STALE_SIZES, mpi_ranks.STALE_CONFIG
+    old, evolved, stale, worker = (_layers(saved, prefix, 2) for prefix in ("old", "evolved", "stale", "worker"))
+    # Version 0 as served is the model the scenario built.
+    for layer, built in zip(old, mpi_ranks.stale_model().layers):
+        for name, array in layer.items():
+            np.testing.assert_array_equal(array, getattr(built, name), err_msg=name)
+    assert list(saved["stale_counts"]) == [1, 0]  # applied through the remap, nothing dropped
+    grads, bias_grads = mpi_ranks.gradients([len(layer["data"]) for layer in old], sizes, seed=7)
+    lr, mu, wd = config.lr, config.momentum, config.weight_decay
+    for l, n_out in enumerate(sizes[1:]):
+        W, V = _dense_of(evolved[l], evolved[l]["data"], n_out), _dense_of(evolved[l], evolved[l]["velocity"], n_out)
+        G = _dense_of(old[l], grads[l], n_out)
+        both = (_dense_of(old[l], 1, n_out) > 0) & (_dense_of(evolved[l], 1, n_out) > 0)
+        assert both.sum() < len(evolved[l]["data"]), "the evolution should have replaced some connections"
+        V_expected = np.where(both, mu * V - lr * (G + wd * W), V)
+        np.testing.assert_array_equal(stale[l]["indices"], evolved[l]["indices"])
+        np.testing.assert_allclose(_dense_of(stale[l], stale[l]["data"], n_out), np.where(both, W + V_expected, W),
+                                   atol=1e-6)
+        np.testing.assert_allclose(_dense_of(stale[l], stale[l]["velocity"], n_out), V_expected, atol=1e-6)
+        bias_velocity = mu * evolved[l]["bias_velocity"] - lr * bias_grads[l]
+        np.testing.assert_allclose(stale[l]["bias"], evolved[l]["bias"] + bias_velocity, atol=1e-6)
+    # The worker's own step: layer 0 (pulled at its current version) by momentum SGD, layer 1 left alone.
+    assert list(saved["worker_applied"]) == [True, False]
+    grads, bias_grads = mpi_ranks.gradients([len(layer["data"]) for layer in stale], sizes, seed=8)
+    rate = mpi_ranks.WORKER_LRS[0]
+    velocity = mu * stale[0]["velocity"].astype(np.float64) - rate * (grads[0] + wd * stale[0]["data"])
+    np.testing.assert_allclose(worker[0]["velocity"], velocity, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(worker[0]["data"], stale[0]["data"] + velocity, rtol=1e-6, atol=1e-7)
+    bias_velocity = mu * stale[0]["bias_velocity"].astype(np.float64) - rate * bias_grads[0]
+    np.testing.assert_allclose(worker[0]["bias"], stale[0]["bias"] + bias_velocity, rtol=1e-6, atol=1e-7)
+    for name, array in worker[1].items():
+        np.testing.assert_array_equal(array, stale[1][name], err_msg=name)
+
+
+def test_phase_two_replicas_through_the_window_average_and_prune_as_dense_numpy(tmp_path):
+    saved = _scenario(tmp_path, "average", ranks=3)
+    sizes = mpi_ranks.AVERAGE_SIZES
+    replicas = [mpi_ranks.replica(w) for w in range(2)]
+    for w, model in enumerate(replicas):  # gathered as published, bit for bit
+        for layer, built in zip(_layers(saved, f"gathered{w}", 2), model.layers):
+            for name in ("indptr", "indices", "data", "bias"):
+                np.testing.assert_array_equal(layer[name], getattr(built, name), err_msg=name)
+    targets = list(saved["targets"])
+    assert targets == mpi_ranks.average_model().nnz_per_layer()
+    for l, (layer, n_out) in enumerate(zip(_layers(saved, "average", 2), sizes[1:])):
+        members = [{"indptr": r.layers[l].indptr, "indices": r.layers[l].indices} for r in replicas]
+        mean = np.mean([_dense_of(m, r.layers[l].data, n_out) for m, r in zip(members, replicas)], axis=0).ravel()
+        union = np.flatnonzero(np.sum([_dense_of(m, 1, n_out) for m in members], axis=0).ravel())
+        assert union.shape[0] > targets[l], "the union should be larger than the target: pruning is tested"
+        # The largest |mean| values; ties broken by the lower position (row-major key).
+        kept = sorted(union, key=lambda key: (-abs(mean[key]), key))[:targets[l]]
+        expected = np.zeros_like(mean)
+        expected[kept] = mean[kept]
+        assert layer["data"].shape[0] == targets[l]
+        np.testing.assert_allclose(_dense_of(layer, layer["data"], n_out).ravel(), expected, atol=1e-6)
+        np.testing.assert_allclose(layer["bias"], np.mean([r.layers[l].bias for r in replicas], axis=0), atol=1e-6)
 
 
 def test_an_asynchronous_run_with_phase_two_completes_and_cleans_up(tmp_path):

@@ -864,6 +864,30 @@ def _node_threads(requested, ranks_on_node):
     return max(1, min(available_cores() // ranks_on_node, int(requested or 1)))
 
 
+def join_run(comm):
+    """A worker rank's side of the run's start: the window, its partition, then rank 0's start message.
+
+    Returns
+    -------
+    (MpiWorkerTransport, object) or int
+        The worker's transport and what rank 0 passed to :meth:`MpiServerTransport.start_workers` (its
+        ``worker_args`` entry for this worker, and how many ranks share this host); or, when rank 0 ended
+        before the run, the status it ended with.
+    """
+    kind, setup = _wait_for_message(comm, 0, _TAG_SETUP)
+    if kind == "end":
+        return int(setup)
+    arrays = WindowArrays(comm, setup["layout"])
+    X = _receive_array(comm, *setup["X"], source=0)
+    y = _receive_array(comm, *setup["y"], source=0)
+    comm.send((socket.gethostname(), os.getpid()), dest=0, tag=_TAG_HELLO)
+    kind, start_message = _wait_for_message(comm, 0, _TAG_SETUP)
+    if kind == "end":
+        arrays.free()
+        return int(start_message)
+    return MpiWorkerTransport(comm, arrays, setup, X, y), start_message
+
+
 def run_mpi_worker(comm=None) -> int:
     """A worker rank's whole life: wait for rank 0's run, join it, train, and return an exit status.
 
@@ -883,19 +907,10 @@ def run_mpi_worker(comm=None) -> int:
     # Ctrl-C and the launcher's SIGTERM reach every rank: rank 0 decides (stop, keep the model) and says STOP.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    kind, setup = _wait_for_message(comm, 0, _TAG_SETUP)
-    if kind == "end":
-        return int(setup)
-    arrays = WindowArrays(comm, setup["layout"])
-    X = _receive_array(comm, *setup["X"], source=0)
-    y = _receive_array(comm, *setup["y"], source=0)
-    comm.send((socket.gethostname(), os.getpid()), dest=0, tag=_TAG_HELLO)
-    kind, start_message = _wait_for_message(comm, 0, _TAG_SETUP)
-    if kind == "end":
-        arrays.free()
-        return int(start_message)
-    (worker, n_workers, config, threads, first_phase2_epoch, start), ranks_on_node = start_message
-    transport = MpiWorkerTransport(comm, arrays, setup, X, y)
+    joined = join_run(comm)
+    if isinstance(joined, int):
+        return joined
+    transport, ((worker, n_workers, config, threads, first_phase2_epoch, start), ranks_on_node) = joined
     try:
         run_worker(transport, worker, n_workers, config, _node_threads(threads, ranks_on_node), first_phase2_epoch,
                    start)
