@@ -1,8 +1,9 @@
 """The MPI transport's parts, driven step by step on real ranks, for tests/test_mpi.py to check array by array.
 
 Run as ``mpiexec -n RANKS python -m mpi4py tests/mpi_ranks.py SCENARIO OUT.npz``; rank 0 (the server
-side) saves what the transport holds after each step, and the test computes what it should hold with
-dense numpy. The inputs (models, gradients, replicas) come from the seeds below, so that the test
+side) saves what the transport holds after each step, and whether the workers reached its memory directly
+(ranks on its node) or through ``MPI_Get`` and ``MPI_Put``; the test computes what it should hold with dense
+numpy. The inputs (models, gradients, replicas) come from the seeds below, so that the test
 rebuilds them on its own side.
 
 - ``stale`` (2 ranks): rank 0 serves a model, evolves its topology to version 1, and applies a gradient
@@ -106,7 +107,9 @@ def stale(comm, out):
         saved.update(_layer_arrays("stale", transport.read_model()))
         saved["stale_counts"] = np.array([server.stats.stale, server.stats.dropped])
         comm.barrier()  # the worker applies its own step
-        saved["worker_applied"] = np.array(comm.recv(source=1), dtype=bool)
+        applied, local = comm.recv(source=1)
+        saved["worker_applied"] = np.array(applied, dtype=bool)
+        saved["worker_local"] = np.array(local)
         saved.update(_layer_arrays("worker", transport.read_model()))
         np.savez(out, **saved)
     else:
@@ -120,7 +123,7 @@ def stale(comm, out):
         _fill(transport, 1, current.nnz_per_layer(), seed=8)
         applied = transport.apply_gradient(1, WORKER_VERSIONS, WORKER_LRS, momentum=STALE_CONFIG.momentum,
                                            weight_decay=STALE_CONFIG.weight_decay)
-        comm.send(applied, dest=0)
+        comm.send((applied, transport.arrays.local), dest=0)
     _end(transport, comm)
 
 
@@ -141,12 +144,14 @@ def average(comm, out):
         for w, layers in enumerate(gathered):
             saved.update(_layer_arrays(f"gathered{w}", SparseMLP(layers)))
         saved.update(_layer_arrays("average", averaged_model(gathered, targets, model)))
+        saved["worker_local"] = np.array([comm.recv(source=w + 1) for w in range(transport.n_workers)])
         np.savez(out, **saved)
     else:
         transport, _ = mpi_transport.join_run(comm)
         published = transport.publish_replica(replica(transport.worker), TIMEOUT)
         comm.barrier()
         assert published
+        comm.send(transport.arrays.local, dest=0)
     _end(transport, comm)
 
 

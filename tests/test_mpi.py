@@ -2,6 +2,8 @@
 
 - one synchronous worker over MPI gives the sequential trainer's model bit for bit;
 - two synchronous workers give the same model over MPI as over shared memory;
+- these and the array-level tests below run twice: with the workers reaching rank 0's window through
+  shared memory, as on its node, and through ``MPI_Get``/``MPI_Put`` over TCP, as from another machine;
 - a gradient of an old topology, pushed through the window, updates exactly the surviving connections, and
   a worker's own step over the window is momentum SGD on the layers it pulled at their current version;
 - phase two's replicas, published through the window, average and prune as dense numpy does;
@@ -37,6 +39,10 @@ if MPIEXEC is None:
     pytest.skip("no mpiexec on PATH (pip install mpich)", allow_module_level=True)
 
 RANKS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_ranks.py")
+#: How the workers reach rank 0's window: as its node's ranks do, by copies in shared memory; or as ranks on
+#: another machine do, by MPI_Get and MPI_Put (MPICH told to share no memory, and to use TCP over loopback).
+PATHS = {"node": {}, "network": {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}}
+MPICH = "MPICH" in subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
 RUN = ["--dataset", "madelon", "--epochs", "3", "--threads", "1", "--quiet"]
 
 
@@ -47,9 +53,9 @@ def _command(out, flags, ranks=None):
             "--out", str(out), "--transport", "mpi", *flags]
 
 
-def _run(out, *flags, ranks=None, timeout=240):
+def _run(out, *flags, ranks=None, timeout=240, path="node"):
     return subprocess.run(_command(out, flags, ranks), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env={**os.environ, **PATHS[path]})
 
 
 def _assert_same_model(a, b):
@@ -77,23 +83,28 @@ def test_one_synchronous_worker_over_mpi_is_the_sequential_trainer(tmp_path):
     _assert_same_model(tmp_path / "seq", tmp_path / "mpi")
 
 
-def test_two_synchronous_workers_give_the_same_model_over_mpi_as_over_shared_memory(tmp_path):
+@pytest.mark.parametrize("path", PATHS)
+def test_two_synchronous_workers_give_the_same_model_over_mpi_as_over_shared_memory(tmp_path, path):
     shared = _run(tmp_path / "shm", "--sync", "--workers", "2")
     assert shared.returncode == 0, shared.stderr
-    over_mpi = _run(tmp_path / "mpi", "--sync", ranks=3)
+    over_mpi = _run(tmp_path / "mpi", "--sync", ranks=3, path=path)
     assert over_mpi.returncode == 0, over_mpi.stdout + over_mpi.stderr
     _assert_same_model(tmp_path / "shm", tmp_path / "mpi")
 
 
-def _scenario(tmp_path, name, ranks):
-    """Run one of :mod:`mpi_ranks`'s scenarios; ``{"prefix": [layer dicts]}`` of what rank 0 saved."""
+def _scenario(tmp_path, name, ranks, path):
+    """Run one of :mod:`mpi_ranks`'s scenarios; what rank 0 saved, by name."""
     out = tmp_path / f"{name}.npz"
     before = _mpich_segments()
     result = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", RANKS_SCRIPT, name, str(out)],
-                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+                            capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **PATHS[path]})
     assert result.returncode == 0, result.stdout + result.stderr
     assert _mpich_segments() <= before
-    return dict(np.load(out))
+    saved = dict(np.load(out))
+    if MPICH:  # elsewhere the variables that choose the path mean nothing
+        assert (saved.pop("worker_local") == (path == "node")).all()
+    return saved
 
 
 def _layers(saved, prefix, n_layers):
@@ -109,8 +120,9 @@ def _dense_of(layer, values, n_out):
     return out
 
 
-def test_an_old_topologys_gradient_through_the_window_updates_exactly_the_surviving_connections(tmp_path):
-    saved = _scenario(tmp_path, "stale", ranks=2)
+@pytest.mark.parametrize("path", PATHS)
+def test_an_old_topologys_gradient_through_the_window_updates_exactly_the_surviving_connections(tmp_path, path):
+    saved = _scenario(tmp_path, "stale", ranks=2, path=path)
     sizes, config = mpi_ranks.STALE_SIZES, mpi_ranks.STALE_CONFIG
     old, evolved, stale, worker = (_layers(saved, prefix, 2) for prefix in ("old", "evolved", "stale", "worker"))
     # Version 0 as served is the model the scenario built.
@@ -145,8 +157,9 @@ def test_an_old_topologys_gradient_through_the_window_updates_exactly_the_surviv
         np.testing.assert_array_equal(array, stale[1][name], err_msg=name)
 
 
-def test_phase_two_replicas_through_the_window_average_and_prune_as_dense_numpy(tmp_path):
-    saved = _scenario(tmp_path, "average", ranks=3)
+@pytest.mark.parametrize("path", PATHS)
+def test_phase_two_replicas_through_the_window_average_and_prune_as_dense_numpy(tmp_path, path):
+    saved = _scenario(tmp_path, "average", ranks=3, path=path)
     sizes = mpi_ranks.AVERAGE_SIZES
     replicas = [mpi_ranks.replica(w) for w in range(2)]
     for w, model in enumerate(replicas):  # gathered as published, bit for bit

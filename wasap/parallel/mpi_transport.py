@@ -216,7 +216,12 @@ class WindowArrays:
     Attributes
     ----------
     views : dict
-        On the owner, ``{name: ndarray}`` over the window's memory; empty elsewhere.
+        ``{name: ndarray}`` over the window's memory, on the owner and on every rank that shares its memory
+        (the owner's node, where the MPI library shares it); empty elsewhere.
+    local : bool
+        Whether this rank reaches the window's memory directly: then :meth:`get` and :meth:`put` are copies
+        between its own memory and the owner's (a node's ranks need no MPI call to move data), and only the
+        atomic operations go through MPI. The other ranks move data with ``MPI_Get`` and ``MPI_Put``.
     nbytes : int
     seconds : float
         Wall time this rank has spent inside the window's MPI calls (its profile's ``in_mpi``).
@@ -242,10 +247,12 @@ class WindowArrays:
         self._result = np.zeros(1, dtype=np.int64)
         self.seconds = 0.0
         self.views = {}
-        if mine:
-            memory = self.win.tomemory()
+        memory = self.win.tomemory() if mine else self._shared_memory(offset)
+        self.local = memory is not None
+        if self.local:
             for name, (start, shape, dtype, _) in self.specs.items():
                 self.views[name] = np.ndarray(shape, dtype=dtype, buffer=memory, offset=start)
+        self._flat = {name: view.reshape(-1) for name, view in self.views.items()}
         try:
             unified = self.win.Get_attr(MPI.WIN_MODEL) == MPI.WIN_UNIFIED
         except Exception:
@@ -257,6 +264,14 @@ class WindowArrays:
                                "does not support; use MPICH or Open MPI (their allocated windows are unified), or "
                                "--transport shm on one machine.")
 
+    def _shared_memory(self, nbytes):
+        """The owner's window memory where this rank shares it (MPI-4's query on an allocated window), else None."""
+        try:
+            memory, _ = self.win.Shared_query(self.owner)
+        except _mpi().Exception:
+            return None  # a library that shares only windows allocated as shared
+        return memory if len(memory) == nbytes > 0 else None
+
     def _target(self, name, start, count):
         offset, _, dtype, mpi_type = self.specs[name]
         return offset + int(start) * dtype.itemsize, mpi_type
@@ -264,11 +279,19 @@ class WindowArrays:
     def get(self, name, out, start=0):
         """Read elements ``start .. start + out.size`` of ``name`` (flat) into ``out`` (contiguous); complete
         after :meth:`flush`."""
-        self._transfer(self.win.Get, name, out, start)
+        if self.local:
+            flat = out.reshape(-1)
+            flat[...] = self._flat[name][start:start + flat.shape[0]]
+        else:
+            self._transfer(self.win.Get, name, out, start)
 
     def put(self, name, values, start=0):
         """Write ``values`` (contiguous; not to be changed before :meth:`flush`) at element ``start`` of ``name``."""
-        self._transfer(self.win.Put, name, values, start)
+        if self.local:
+            flat = values.reshape(-1)
+            self._flat[name][start:start + flat.shape[0]] = flat
+        else:
+            self._transfer(self.win.Put, name, values, start)
 
     def _transfer(self, operation, name, buffer, start):
         started = time.perf_counter()
@@ -281,9 +304,13 @@ class WindowArrays:
         self.seconds += time.perf_counter() - started
 
     def flush(self):
-        """Complete every operation of this rank on the window."""
+        """Complete every operation of this rank on the window (where it is local, its copies are complete:
+        what is left is the memory barrier that orders them before its next atomic operation)."""
         started = time.perf_counter()
-        self.win.Flush(self.owner)
+        if self.local:
+            self.win.Sync()
+        else:
+            self.win.Flush(self.owner)
         self.seconds += time.perf_counter() - started
 
     def compare_and_swap(self, name, index, expected, new):
@@ -315,7 +342,7 @@ class WindowArrays:
         """End the access epoch and free the window (collective); safe to call twice."""
         if self._open:
             self._open = False
-            self.views = {}
+            self.views, self._flat = {}, {}
             self.win.Unlock_all()
             self.win.Free()
 
