@@ -182,10 +182,11 @@ def test_phase_two_replicas_through_the_window_average_and_prune_as_dense_numpy(
         np.testing.assert_allclose(layer["bias"], np.mean([r.layers[l].bias for r in replicas], axis=0), atol=1e-6)
 
 
-def test_an_asynchronous_run_with_phase_two_completes_and_cleans_up(tmp_path):
+@pytest.mark.parametrize("path", PATHS)
+def test_an_asynchronous_run_with_phase_two_completes_and_cleans_up(tmp_path, path):
     before = _mpich_segments()
     # Long enough (a few seconds) for the profile's sampler to see the workers' reports.
-    result = _run(tmp_path / "mpi", "--epochs", "16", "--phase2-start", "14", ranks=3)
+    result = _run(tmp_path / "mpi", "--epochs", "16", "--phase2-start", "14", ranks=3, path=path)
     assert result.returncode == 0, result.stdout + result.stderr
     with open(tmp_path / "mpi" / "summary.json") as stream:
         summary = json.load(stream)

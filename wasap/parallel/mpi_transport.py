@@ -244,6 +244,8 @@ class WindowArrays:
         self.win = MPI.Win.Allocate(offset if mine else 0, 1, comm=comm)
         _unlink_node_segments(comm)
         self._int64 = MPI.INT64_T
+        # An atomic operation reads its operands until the flush that completes it: they must outlive the call.
+        self._operands = np.zeros(2, dtype=np.int64)
         self._result = np.zeros(1, dtype=np.int64)
         self.seconds = 0.0
         self.views = {}
@@ -313,26 +315,22 @@ class WindowArrays:
             self.win.Flush(self.owner)
         self.seconds += time.perf_counter() - started
 
+    def _complete(self):
+        """Complete this rank's MPI operations on the window (an atomic one's result is valid after it)."""
+        started = time.perf_counter()
+        self.win.Flush(self.owner)
+        self.seconds += time.perf_counter() - started
+
     def compare_and_swap(self, name, index, expected, new):
         """Atomically set int64 element ``index`` of ``name`` to ``new`` where it is ``expected``; the old value."""
         started = time.perf_counter()
         disp, _ = self._target(name, index, 1)
-        self.win.Compare_and_swap([np.array([new], dtype=np.int64), self._int64],
-                                  [np.array([expected], dtype=np.int64), self._int64],
+        self._operands[...] = (new, expected)
+        self.win.Compare_and_swap([self._operands[0:1], self._int64], [self._operands[1:2], self._int64],
                                   [self._result, self._int64], self.owner, disp)
         self.seconds += time.perf_counter() - started
-        self.flush()
+        self._complete()
         return int(self._result[0])
-
-    def replace(self, name, index, value):
-        """Atomically set int64 element ``index`` of ``name`` to ``value`` (complete on return)."""
-        MPI = _mpi()
-        started = time.perf_counter()
-        disp, _ = self._target(name, index, 1)
-        self.win.Accumulate([np.array([value], dtype=np.int64), self._int64], self.owner,
-                            target=(disp, 1, self._int64), op=MPI.REPLACE)
-        self.seconds += time.perf_counter() - started
-        self.flush()
 
     def sync(self):
         """Make the owner's loads and stores and the others' completed operations visible to each other."""
@@ -345,6 +343,18 @@ class WindowArrays:
             self.views, self._flat = {}, {}
             self.win.Unlock_all()
             self.win.Free()
+
+
+def _release_lock(arrays, layer, holder):
+    """Give back ``layer``'s lock word, held by ``holder``.
+
+    A compare-and-swap, like the taking: MPI promises that concurrent atomic operations on one location
+    are atomic with respect to each other only when they are the same operation (the default
+    ``accumulate_ops`` hint, ``same_op_no_op``); and it checks that the word still names its holder.
+    """
+    found = arrays.compare_and_swap("locks", layer, holder, 0)
+    if found != holder:
+        raise RuntimeError(f"layer {layer}'s lock word was {found}, not its holder {holder}, at its release")
 
 
 class MpiServerTransport(ServedArraysServer):
@@ -532,7 +542,7 @@ class MpiServerTransport(ServedArraysServer):
 
     def _release(self, layer):
         self.visible()
-        self.arrays.replace("locks", layer, 0)
+        _release_lock(self.arrays, layer, _SERVER_HOLDS)
 
     @contextlib.contextmanager
     def lock(self, layer):
@@ -789,7 +799,7 @@ class MpiWorkerTransport(WorkerTransport):
             yield int(self._meta[0]), int(self._meta[1])
         finally:
             self.arrays.flush()
-            self.arrays.replace("locks", layer, 0)
+            _release_lock(self.arrays, layer, holder)
             self.beat(*before)
             if self.account is not None:
                 self.account.held_lock(time.perf_counter() - acquired)
