@@ -908,8 +908,8 @@ def join_run(comm):
     -------
     (MpiWorkerTransport, object) or int
         The worker's transport and what rank 0 passed to :meth:`MpiServerTransport.start_workers` (its
-        ``worker_args`` entry for this worker, and how many ranks share this host); or, when rank 0 ended
-        before the run, the status it ended with.
+        ``worker_args`` entry for this worker, and how many of the job's ranks share its node); or, when
+        rank 0 ended before the run, the status it ended with.
     """
     kind, setup = _wait_for_message(comm, 0, _TAG_SETUP)
     if kind == "end":
