@@ -218,6 +218,8 @@ class WindowArrays:
     views : dict
         ``{name: ndarray}`` over the window's memory, on the owner and on every rank that shares its memory
         (the owner's node, where the MPI library shares it); empty elsewhere.
+    all_local : bool
+        Whether every rank of the job does (then the owner need not drive MPI's progress for the others).
     local : bool
         Whether this rank reaches the window's memory directly: then :meth:`get` and :meth:`put` are copies
         between its own memory and the owner's (a node's ranks need no MPI call to move data), and only the
@@ -251,6 +253,7 @@ class WindowArrays:
         self.views = {}
         memory = self.win.tomemory() if mine else self._shared_memory(offset)
         self.local = memory is not None
+        self.all_local = bool(comm.allreduce(int(self.local), op=MPI.MIN))
         if self.local:
             for name, (start, shape, dtype, _) in self.specs.items():
                 self.views[name] = np.ndarray(shape, dtype=dtype, buffer=memory, offset=start)
@@ -407,7 +410,8 @@ class MpiServerTransport(ServedArraysServer):
             _send_array(self.comm, np.asarray(y[rows]), w + 1)
         self._progress_stop = threading.Event()
         self._progress = None
-        if _mpi().Query_thread() == _mpi().THREAD_MULTIPLE:
+        # Ranks that reach the window through the network wait on rank 0's progress; the node's ranks do not.
+        if not self.arrays.all_local and _mpi().Query_thread() == _mpi().THREAD_MULTIPLE:
             self._progress = threading.Thread(target=self._keep_progressing, name="wasap-mpi-progress", daemon=True)
             self._progress.start()
 
@@ -785,7 +789,8 @@ class MpiWorkerTransport(WorkerTransport):
         tries = 0
         while self.arrays.compare_and_swap("locks", layer, 0, holder) != 0:
             tries += 1
-            time.sleep(0 if tries < 100 else 0.0001)
+            # A waiter that keeps spinning takes the core from the holder where ranks share cores: sleep soon.
+            time.sleep(0 if tries < 2 else 0.00002)
             if time.monotonic() - polled > WORKER_POLL:
                 if self.command() == Command.STOP:
                     raise Stopped
