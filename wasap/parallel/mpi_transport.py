@@ -11,11 +11,14 @@ What lives where:
 - the **served state** (:func:`~.served.served_layout`: the model's layers, the gradient and replica
   slots, the command word, sample orders, heartbeats, time accounts) plus one lock word per layer, in
   one window whose memory is rank 0's (:class:`WindowArrays`). Rank 0 reads and writes it through numpy
-  views (:class:`~.served.ServedArraysServer`, the code the shared-memory transport runs too); a worker
-  with ``Get``, ``Put`` and atomic operations inside one passive-target epoch (``Lock_all``) that
-  lasts the whole run: a lock epoch per access would wait for rank 0 whenever it is busy.
+  views (:class:`~.served.ServedArraysServer`, the code the shared-memory transport runs too). A worker
+  on rank 0's node, where the library shares the window's memory, copies to and from it directly; a
+  worker elsewhere uses ``Get`` and ``Put``. Both use atomic operations for the lock words, inside one
+  passive-target epoch (``Lock_all``) that lasts the whole run: a lock epoch per access would wait for
+  rank 0 whenever it is busy.
 - a layer's **lock** is its lock word: compare-and-swap from 0 to the holder (a worker's rank, or -1
-  for the server), swapped back to 0 on release; every access to the layer's arrays happens between.
+  for the server), and from the holder back to 0 on release; every access to the layer's arrays happens
+  between.
   The server's own views are synchronised with ``Win.Sync`` when it takes and gives back a lock and
   when a message says a worker wrote a slot (the window's memory model must be *unified*, which the
   MPI libraries in use give for allocated windows; another is refused with what to do).
@@ -24,9 +27,10 @@ What lives where:
 - the **training data**: each worker receives its own partition (rows ``w, w + K, ...``) from rank 0
   once, into its own memory; no array spans machines.
 
-Progress. Some MPI libraries complete a one-sided operation only when the target calls MPI, so rank 0
-keeps a thread that calls MPI every :data:`PROGRESS_INTERVAL` seconds while the run lasts (the job needs
-``MPI_THREAD_MULTIPLE``, mpi4py's default).
+Progress. Some MPI libraries complete a one-sided operation over the network only when the target calls
+MPI, so when a worker is not on its node rank 0 keeps a thread that calls MPI every
+:data:`PROGRESS_INTERVAL` seconds while the run lasts (the job needs ``MPI_THREAD_MULTIPLE``, mpi4py's
+default).
 
 Failure. A rank that dies ends the whole job (the launcher's rule); the trainer writes a checkpoint each
 epoch, so ``--resume`` goes on from the last one. A worker that raises reports it to rank 0, which stops
