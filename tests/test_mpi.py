@@ -30,8 +30,10 @@ import psutil
 import pytest
 
 from wasap.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from wasap.parallel.mpi_transport import MPICH_NETWORK_PATH
 
 import mpi_ranks
+from test_parallel import _dense_of
 
 pytest.importorskip("mpi4py", reason="the MPI transport needs mpi4py (pip install 'wasap[mpi]' mpich)")
 MPIEXEC = shutil.which("mpiexec") or shutil.which(os.path.join(os.path.dirname(sys.executable), "mpiexec"))
@@ -41,7 +43,7 @@ if MPIEXEC is None:
 RANKS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi_ranks.py")
 #: How the workers reach rank 0's window: as its node's ranks do, by copies in shared memory; or as ranks on
 #: another machine do, by MPI_Get and MPI_Put (MPICH told to share no memory, and to use TCP over loopback).
-PATHS = {"node": {}, "network": {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}}
+PATHS = {"node": {}, "network": MPICH_NETWORK_PATH}
 MPICH = "MPICH" in subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
 RUN = ["--dataset", "madelon", "--epochs", "3", "--threads", "1", "--quiet"]
 
@@ -112,12 +114,9 @@ def _layers(saved, prefix, n_layers):
                                                               "bias_velocity")} for l in range(n_layers)]
 
 
-def _dense_of(layer, values, n_out):
+def _dense(layer, values, n_out):
     """``values``, in ``layer``'s nonzero order, as a dense (n_in, n_out) float64 matrix."""
-    indptr = layer["indptr"]
-    out = np.zeros((indptr.shape[0] - 1, n_out))
-    out[np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr)), layer["indices"]] = values
-    return out
+    return _dense_of(layer["indptr"], layer["indices"], values, n_out)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -133,15 +132,15 @@ def test_an_old_topologys_gradient_through_the_window_updates_exactly_the_surviv
     grads, bias_grads = mpi_ranks.gradients([len(layer["data"]) for layer in old], sizes, seed=7)
     lr, mu, wd = config.lr, config.momentum, config.weight_decay
     for l, n_out in enumerate(sizes[1:]):
-        W, V = _dense_of(evolved[l], evolved[l]["data"], n_out), _dense_of(evolved[l], evolved[l]["velocity"], n_out)
-        G = _dense_of(old[l], grads[l], n_out)
-        both = (_dense_of(old[l], 1, n_out) > 0) & (_dense_of(evolved[l], 1, n_out) > 0)
+        W, V = _dense(evolved[l], evolved[l]["data"], n_out), _dense(evolved[l], evolved[l]["velocity"], n_out)
+        G = _dense(old[l], grads[l], n_out)
+        both = (_dense(old[l], 1, n_out) > 0) & (_dense(evolved[l], 1, n_out) > 0)
         assert both.sum() < len(evolved[l]["data"]), "the evolution should have replaced some connections"
         V_expected = np.where(both, mu * V - lr * (G + wd * W), V)
         np.testing.assert_array_equal(stale[l]["indices"], evolved[l]["indices"])
-        np.testing.assert_allclose(_dense_of(stale[l], stale[l]["data"], n_out), np.where(both, W + V_expected, W),
+        np.testing.assert_allclose(_dense(stale[l], stale[l]["data"], n_out), np.where(both, W + V_expected, W),
                                    atol=1e-6)
-        np.testing.assert_allclose(_dense_of(stale[l], stale[l]["velocity"], n_out), V_expected, atol=1e-6)
+        np.testing.assert_allclose(_dense(stale[l], stale[l]["velocity"], n_out), V_expected, atol=1e-6)
         bias_velocity = mu * evolved[l]["bias_velocity"] - lr * bias_grads[l]
         np.testing.assert_allclose(stale[l]["bias"], evolved[l]["bias"] + bias_velocity, atol=1e-6)
     # The worker's own step: layer 0 (pulled at its current version) by momentum SGD, layer 1 left alone.
@@ -170,15 +169,15 @@ def test_phase_two_replicas_through_the_window_average_and_prune_as_dense_numpy(
     assert targets == mpi_ranks.average_model().nnz_per_layer()
     for l, (layer, n_out) in enumerate(zip(_layers(saved, "average", 2), sizes[1:])):
         members = [{"indptr": r.layers[l].indptr, "indices": r.layers[l].indices} for r in replicas]
-        mean = np.mean([_dense_of(m, r.layers[l].data, n_out) for m, r in zip(members, replicas)], axis=0).ravel()
-        union = np.flatnonzero(np.sum([_dense_of(m, 1, n_out) for m in members], axis=0).ravel())
+        mean = np.mean([_dense(m, r.layers[l].data, n_out) for m, r in zip(members, replicas)], axis=0).ravel()
+        union = np.flatnonzero(np.sum([_dense(m, 1, n_out) for m in members], axis=0).ravel())
         assert union.shape[0] > targets[l], "the union should be larger than the target: pruning is tested"
         # The largest |mean| values; ties broken by the lower position (row-major key).
         kept = sorted(union, key=lambda key: (-abs(mean[key]), key))[:targets[l]]
         expected = np.zeros_like(mean)
         expected[kept] = mean[kept]
         assert layer["data"].shape[0] == targets[l]
-        np.testing.assert_allclose(_dense_of(layer, layer["data"], n_out).ravel(), expected, atol=1e-6)
+        np.testing.assert_allclose(_dense(layer, layer["data"], n_out).ravel(), expected, atol=1e-6)
         np.testing.assert_allclose(layer["bias"], np.mean([r.layers[l].bias for r in replicas], axis=0), atol=1e-6)
 
 

@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+from wasap.parallel.mpi_transport import MPICH_NETWORK_PATH
+
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The default data: random, of the Fashion-MNIST shape; 70% of the samples train (12,040 of 17,200).
 SYNTHETIC = ["--dataset", "synthetic", "--n-samples", "17200", "--n-features", "784", "--n-classes", "10",
@@ -45,7 +47,7 @@ LAYER_EPSILON = 20.0
 CONFIGURATIONS = {
     "shm": None,
     "mpi": {},
-    "mpi-tcp": {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"},
+    "mpi-tcp": MPICH_NETWORK_PATH,
 }
 #: The profile's categories shown per step, and how the table names them.
 STEP_PARTS = (("data", "pull + batch"), ("lock_wait", "lock wait"), ("lock_held", "lock held"),

@@ -81,6 +81,9 @@ _abort_at_exit = False
 _started_segments_unlinked = False
 #: The names MPICH gives the shared-memory segments of a node's ranks (mapped from /dev/shm).
 MPICH_SEGMENT_PREFIX = "/dev/shm/mpich_shm_"
+#: The environment that makes MPICH's ranks on one machine take the path of ranks on different machines (no
+#: shared memory; libfabric's TCP provider over loopback): for tests and benchmarks of that path.
+MPICH_NETWORK_PATH = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}
 
 LAUNCH_HINT = ("launch one process per worker plus one for the server, e.g. "
                "`mpiexec -n 3 python -m mpi4py -m wasap.run --transport mpi ...` for 2 workers "
@@ -315,11 +318,11 @@ class WindowArrays:
     def flush(self):
         """Complete every operation of this rank on the window (where it is local, its copies are complete:
         what is left is the memory barrier that orders them before its next atomic operation)."""
+        if not self.local:
+            self._complete()
+            return
         started = time.perf_counter()
-        if self.local:
-            self.win.Sync()
-        else:
-            self.win.Flush(self.owner)
+        self.win.Sync()
         self.seconds += time.perf_counter() - started
 
     def _complete(self):
@@ -350,6 +353,12 @@ class WindowArrays:
             self.views, self._flat = {}, {}
             self.win.Unlock_all()
             self.win.Free()
+
+
+def _wait_for_lock(tries):
+    """Pause before the ``tries``-th try for a lock word: a waiter that keeps spinning takes the core from
+    the holder where ranks share cores, so it yields twice, then sleeps."""
+    time.sleep(0 if tries < 2 else 0.00002)
 
 
 def _release_lock(arrays, layer, holder):
@@ -542,7 +551,7 @@ class MpiServerTransport(ServedArraysServer):
         checked = time.monotonic()
         while self.arrays.compare_and_swap("locks", layer, 0, _SERVER_HOLDS) != 0:
             tries += 1
-            time.sleep(0 if tries < 100 else 0.0001)
+            _wait_for_lock(tries)
             if time.monotonic() - checked > 1.0:
                 self.check_workers()
                 checked = time.monotonic()
@@ -793,8 +802,7 @@ class MpiWorkerTransport(WorkerTransport):
         tries = 0
         while self.arrays.compare_and_swap("locks", layer, 0, holder) != 0:
             tries += 1
-            # A waiter that keeps spinning takes the core from the holder where ranks share cores: sleep soon.
-            time.sleep(0 if tries < 2 else 0.00002)
+            _wait_for_lock(tries)
             if time.monotonic() - polled > WORKER_POLL:
                 if self.command() == Command.STOP:
                     raise Stopped
