@@ -1,5 +1,6 @@
 """Checkpoints, --resume and stop signals: a stopped run continues to the model of an uninterrupted one."""
 
+import contextlib
 import json
 import os
 import signal
@@ -119,6 +120,30 @@ def test_two_signals_stop_at_once_and_leave_a_readable_checkpoint(tmp_path):
     assert state["epoch"] >= 1 and model.is_finite()
 
 
+@contextlib.contextmanager
+def interrupted_at_batch(monkeypatch, model, call):
+    """Within the block, ``model``'s ``call``-th :meth:`SparseMLP.train_batch` raises KeyboardInterrupt instead.
+
+    An interrupt outside the safe points of the stop signals: no checkpoint is taken for it, so the
+    last one on disk is the last the run took on its own.
+    """
+    original = SparseMLP.train_batch
+    calls = {"n": 0}
+
+    def stopping(self, *args, **kwargs):
+        if self is model:
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseMLP, "train_batch", stopping)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(SparseMLP, "train_batch", original)
+
+
 def test_resume_in_process_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
     """A stop inside a batch: the checkpoint of the batch before it continues to the same model."""
     data = load_dataset("synthetic", n_samples=1200, n_features=12, n_classes=2, seed=1)
@@ -127,21 +152,10 @@ def test_resume_in_process_from_a_mid_epoch_checkpoint(tmp_path, monkeypatch):
     fit(reference, data, config, out_dir=str(tmp_path / "reference"), progress=False, log=None)
 
     batches_per_epoch = -(-data.n_train // config.batch_size)
-    calls = {"n": 0}
-    original = SparseMLP.train_batch
     out = tmp_path / "run"
     model = SparseMLP.from_config(data.n_features, data.n_classes, config)
-
-    def stopping(self, *args, **kwargs):
-        if self is model:
-            calls["n"] += 1
-            if calls["n"] == batches_per_epoch + 5:  # epoch 2, after 4 of its batches
-                raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SparseMLP, "train_batch", stopping)
-    summary = fit(model, data, config, out_dir=str(out), progress=False, log=None, checkpoint_every=0)
-    monkeypatch.setattr(SparseMLP, "train_batch", original)
+    with interrupted_at_batch(monkeypatch, model, batches_per_epoch + 5):  # epoch 2, after 4 of its batches
+        summary = fit(model, data, config, out_dir=str(out), progress=False, log=None, checkpoint_every=0)
     assert summary["stopped"] == "interrupted"
     resumed, state = load_checkpoint(out / CHECKPOINT_FILE)
     assert state["epoch"] == 1 and state["trainer"]["position"]["batches"] == 4

@@ -1,13 +1,16 @@
-"""The sparse-input kernels against dense numpy: the first layer's pre-activation and weight gradient from a
-scipy.sparse batch.
+"""The sparse-input kernels against dense numpy: the first layer's pre-activation, weight gradient and step from
+a scipy.sparse batch, and the deferred steps against the eager one.
 
 Every expected value is computed in float64 from dense copies (scipy's ``toarray``, a weight matrix built from an
 explicit mask); nothing here calls a wasap helper to compute an expected value. float32 results are compared with
 a relative tolerance of 1e-5 and an absolute one of 1e-6 times the sum of the magnitudes of the terms that make
 each value (so a value that is an empty sum must be exactly zero). Index arrays come in two dtypes, int32 and
-int64, both ``X``'s pointers and indices, so that numba compiles each kernel twice.
+int64, both ``X``'s pointers and indices, so that numba compiles each kernel twice. The deferred steps are
+compared with the eager step of every weight (the gradient kernel, then the rule), itself checked against dense
+numpy first.
 """
 
+import copy
 import tracemalloc
 
 import numba
@@ -16,7 +19,10 @@ import pytest
 import scipy.sparse
 
 from wasap import kernels
-from wasap.sparse_input import batch_feature_major, sparse_preactivation, sparse_weight_gradient
+from wasap.batches import SparseBatch
+from wasap.optim import momentum_step
+from wasap.sparse_input import (DeferredDecay, batch_feature_major, decay_powers, sparse_preactivation,
+                                sparse_weight_gradient, step_present_rows)
 from wasap.threads import get_threads, max_threads, set_threads
 
 N_SAMPLES = 300
@@ -103,6 +109,15 @@ def _assert_close(got, exact, magnitude):
     bound = 1e-5 * np.abs(exact) + 1e-6 * magnitude
     worst = np.unravel_index(np.argmax(error - bound), error.shape) if error.size else ()
     assert np.all(error <= bound), f"at {worst}: got {got[worst]}, expected {exact[worst]} (bound {bound[worst]})"
+
+
+def _case(seed, batch):
+    """A random ``X``, layer, ``X``'s int64 arrays, ``batch`` rows and a ``(N_OUT, batch)`` delta."""
+    rng = np.random.default_rng(seed)
+    X = _sparse_X(rng)
+    layer = _layer(rng)
+    rows = _batch_rows(rng, batch)
+    return rng, layer, _arrays(X, np.int64), rows, rng.standard_normal((N_OUT, batch)).astype(np.float32)
 
 
 def _run(X_arrays, rows, layer, delta, mode=kernels.MODE_GRADIENT, grad=None):
@@ -194,12 +209,7 @@ def test_a_sample_does_not_depend_on_the_batch_around_it():
 
 
 def test_accumulate_mode_adds_the_gradient_to_grad_out():
-    rng = np.random.default_rng(14)
-    X = _sparse_X(rng)
-    layer = _layer(rng)
-    arrays = _arrays(X, np.int64)
-    rows = _batch_rows(rng, 7)
-    delta = rng.standard_normal((N_OUT, 7)).astype(np.float32)
+    rng, layer, arrays, rows, delta = _case(14, 7)
     _, gradient = _run(arrays, rows, layer, delta)
     before = rng.standard_normal(layer.data.shape[0]).astype(np.float32)
     _, accumulated = _run(arrays, rows, layer, delta, mode=kernels.MODE_ACCUMULATE, grad=before.copy())
@@ -328,23 +338,24 @@ def test_buffer_shapes_and_the_mode_are_checked():
 # -- threads and memory ------------------------------------------------------------------------------------------
 
 
-def test_one_and_two_threads_give_identical_bits():
+def _on_one_and_two_threads(run):
+    """``{n: run()}`` with ``n`` = 1 and 2 kernel threads (skipped where two cannot run at once)."""
     if max_threads() < 2:
         pytest.skip(f"this process can run {max_threads()} kernel thread(s) at once")
-    rng = np.random.default_rng(21)
-    X = _sparse_X(rng)
-    layer = _layer(rng)
-    arrays = _arrays(X, np.int64)
-    rows = _batch_rows(rng, 128)
-    delta = rng.standard_normal((N_OUT, 128)).astype(np.float32)
     before = get_threads()
     try:
         results = {}
         for n in (1, 2):
             set_threads(n)
-            results[n] = _run(arrays, rows, layer, delta)
+            results[n] = run()
     finally:
         set_threads(before)
+    return results
+
+
+def test_one_and_two_threads_give_identical_bits():
+    _, layer, arrays, rows, delta = _case(21, 128)
+    results = _on_one_and_two_threads(lambda: _run(arrays, rows, layer, delta))
     np.testing.assert_array_equal(results[1][0], results[2][0])
     np.testing.assert_array_equal(results[1][1], results[2][1])
 
@@ -416,3 +427,178 @@ def test_a_million_features_take_memory_for_the_nonzeros_only():
     g_exact[held] = (xb.T @ delta.T.astype(np.float64))[slot[held], indices[held]]
     g_magnitude[held] = (np.abs(xb).T @ np.abs(delta.T.astype(np.float64)))[slot[held], indices[held]]
     _assert_close(grad, g_exact, g_magnitude)
+
+
+# -- deferred steps: the eager momentum SGD step of every weight, pending where the gradient is 0 --------------
+
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 1e-2
+
+
+class _TrainableLayer(_Layer):
+    """A :class:`_Layer` with the momentum and the sizes :class:`DeferredDecay` reads."""
+
+    def __init__(self, mask, rng):
+        super().__init__(mask, rng)
+        self.n_in = mask.shape[0]
+        self.velocity = rng.uniform(-0.1, 0.1, self.data.shape[0]).astype(np.float32)
+
+    def copy(self):
+        twin = copy.copy(self)
+        twin.data, twin.velocity = self.data.copy(), self.velocity.copy()
+        return twin
+
+
+def _trainable_layer(rng):
+    mask = rng.random((N_FEATURES, N_OUT)) < 0.3
+    mask[list(FEATURES_WITHOUT_WEIGHTS)] = False
+    return _TrainableLayer(mask, rng)
+
+
+def _eager_step(X_arrays, rows, layer, delta, rule=(LR, MOMENTUM, WEIGHT_DECAY)):
+    """The oracle: the batch's gradient at every weight (0 where its feature is absent), then the rule."""
+    grad = np.empty(layer.data.shape[0], dtype=np.float32)
+    sparse_weight_gradient(*X_arrays, rows, layer.indptr, layer.indices, delta, grad, kernels.MODE_GRADIENT)
+    lr, momentum, weight_decay = rule
+    momentum_step(layer.data, grad, layer.velocity, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _batches(rng, n_steps):
+    """Batches of 1 to 40 rows, one of them with no nonzero at all."""
+    batches = [_batch_rows(rng, int(rng.integers(1, 41))) for _ in range(n_steps)]
+    batches[n_steps // 3] = np.array([EMPTY_SAMPLES[0], EMPTY_SAMPLES[1]], dtype=np.int64)
+    return batches
+
+
+def _deferred_run(X, layer, batches, deltas, every):
+    """Steps through :class:`DeferredDecay`; returns the batches' rows as each forward pass read them."""
+    deferred = DeferredDecay(layer, every=every)
+    seen = []
+    for step, (rows, delta) in enumerate(zip(batches, deltas)):
+        batch = SparseBatch(*_arrays(X, np.int64), rows, N_FEATURES)
+        deferred.begin_step(batch, LR, MOMENTUM, WEIGHT_DECAY)
+        present = np.unique(X[rows].indices)
+        seen.append(np.concatenate([layer.data[layer.indptr[f]:layer.indptr[f + 1]] for f in present] + [[]]))
+        deferred.end_step(delta, LR, MOMENTUM, WEIGHT_DECAY)
+        assert deferred.settled == ((step + 1) % every == 0)
+    deferred.settle()
+    assert deferred.settled
+    return seen
+
+
+def test_decay_powers_are_repeated_steps_at_gradient_zero():
+    powers = decay_powers(LR, MOMENTUM, WEIGHT_DECAY, 30)
+    assert powers.shape == (31, 2, 2)
+    w, v = 0.7, -0.2
+    for k in range(31):
+        np.testing.assert_allclose(powers[k] @ [0.7, -0.2], [w, v], rtol=1e-12, atol=1e-15, err_msg=f"k={k}")
+        v = MOMENTUM * v - LR * WEIGHT_DECAY * w
+        w = w + v
+
+
+@pytest.mark.parametrize("every", [1, 7, 1000])
+def test_deferred_steps_equal_the_eager_step_of_every_weight(every):
+    rng = np.random.default_rng(23)
+    X = _sparse_X(rng)
+    eager = _trainable_layer(rng)
+    deferred = eager.copy()
+    batches = _batches(rng, 50)
+    deltas = [rng.standard_normal((N_OUT, rows.shape[0])).astype(np.float32) for rows in batches]
+    arrays = _arrays(X, np.int64)
+    expected_seen = []
+    for rows, delta in zip(batches, deltas):
+        present = np.unique(X[rows].indices)
+        expected_seen.append(np.concatenate([eager.data[eager.indptr[f]:eager.indptr[f + 1]] for f in present] + [[]]))
+        _eager_step(arrays, rows, eager, delta)
+    seen = _deferred_run(X, deferred, batches, deltas, every)
+    # Each forward pass read the weights of the eager run (its rows were brought up to date first) ...
+    for step, (got, expected) in enumerate(zip(seen, expected_seen)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+    # ... and in the end every weight is where the eager run left it: the rows of features never in a
+    # batch (ZERO_FEATURES) decayed 50 steps, the rows without weights stayed empty.
+    np.testing.assert_allclose(deferred.data, eager.data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(deferred.velocity, eager.velocity, rtol=1e-4, atol=1e-6)
+    never = np.concatenate([np.arange(eager.indptr[f], eager.indptr[f + 1]) for f in ZERO_FEATURES])
+    assert never.size and not np.allclose(eager.data[never], _trainable_layer(np.random.default_rng(23)).data[never])
+
+
+def test_the_eager_step_is_the_rule_on_the_dense_gradient():
+    """The oracle of the deferred steps against dense numpy: the rule on ``x^T delta^T`` at the nonzeros."""
+    rng = np.random.default_rng(24)
+    X = _sparse_X(rng)
+    layer = _trainable_layer(rng)
+    rows = _batch_rows(rng, 16)
+    delta = rng.standard_normal((N_OUT, 16)).astype(np.float32)
+    w, v = layer.data.astype(np.float64), layer.velocity.astype(np.float64)
+    g, magnitude = _expected_gradient(X, rows, layer, delta)
+    v_new = MOMENTUM * v - LR * (g + WEIGHT_DECAY * w)
+    _eager_step(_arrays(X, np.int64), rows, layer, delta)
+    _assert_close(layer.velocity, v_new, LR * magnitude + np.abs(v))
+    _assert_close(layer.data, w + v_new, LR * magnitude + np.abs(v) + np.abs(w))
+
+
+def test_deferred_steps_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(25)
+    X = _sparse_X(rng)
+    start = _trainable_layer(rng)
+    batches = _batches(rng, 20)
+    deltas = [rng.standard_normal((N_OUT, rows.shape[0])).astype(np.float32) for rows in batches]
+
+    def train():
+        layer = start.copy()
+        _deferred_run(X, layer, batches, deltas, every=6)
+        return layer
+
+    layers = _on_one_and_two_threads(train)
+    np.testing.assert_array_equal(layers[1].data, layers[2].data)
+    np.testing.assert_array_equal(layers[1].velocity, layers[2].velocity)
+
+
+def test_a_new_rule_settles_the_pending_steps_under_the_old_one():
+    rng = np.random.default_rng(26)
+    X = _sparse_X(rng)
+    eager = _trainable_layer(rng)
+    layer = eager.copy()
+    arrays = _arrays(X, np.int64)
+    deferred = DeferredDecay(layer, every=100)
+    for step, rule in enumerate([(LR, MOMENTUM, WEIGHT_DECAY)] * 3 + [(LR / 2, MOMENTUM, WEIGHT_DECAY)] * 3):
+        rows = _batch_rows(rng, 10)
+        delta = rng.standard_normal((N_OUT, 10)).astype(np.float32)
+        deferred.begin_step(SparseBatch(*arrays, rows, N_FEATURES), *rule)
+        if step == 3:
+            assert deferred.steps == 0  # the old rule's three steps were applied before the new one's
+        deferred.end_step(delta, *rule)
+        _eager_step(arrays, rows, eager, delta, rule)
+    deferred.settle()
+    np.testing.assert_allclose(layer.data, eager.data, rtol=1e-5, atol=1e-6)
+
+
+def test_deferred_steps_refuse_what_would_lose_a_step():
+    rng = np.random.default_rng(27)
+    X = _sparse_X(rng)
+    layer = _trainable_layer(rng)
+    arrays = _arrays(X, np.int64)
+    batch = SparseBatch(*arrays, _batch_rows(rng, 8), N_FEATURES)
+    delta = np.zeros((N_OUT, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="every"):
+        DeferredDecay(layer, every=0)
+    deferred = DeferredDecay(layer)
+    with pytest.raises(RuntimeError, match="begin_step"):
+        deferred.end_step(delta, LR, MOMENTUM, WEIGHT_DECAY)
+    deferred.begin_step(batch, LR, MOMENTUM, WEIGHT_DECAY)
+    with pytest.raises(ValueError, match="rule"):
+        deferred.end_step(delta, LR * 2, MOMENTUM, WEIGHT_DECAY)
+    with pytest.raises(ValueError, match="delta"):
+        deferred.end_step(delta[:, 1:], LR, MOMENTUM, WEIGHT_DECAY)
+    deferred.end_step(delta, LR, MOMENTUM, WEIGHT_DECAY)
+    # Rows of a batch stepped before they are caught up would skip their pending steps.
+    features, feature_indptr, positions, values = batch_feature_major(*arrays, batch.rows, N_FEATURES)
+    with pytest.raises(ValueError, match="pending"):
+        step_present_rows(features, feature_indptr, positions, values, layer.indptr, layer.indices, layer.data,
+                          layer.velocity, delta, LR, MOMENTUM, WEIGHT_DECAY, np.zeros(N_FEATURES, np.int64), 1)
+    # A topology change with steps pending (evolution rebuilds indptr) is refused, not applied to other weights.
+    layer.indptr = layer.indptr.copy()
+    with pytest.raises(RuntimeError, match="structure"):
+        deferred.begin_step(batch, LR, MOMENTUM, WEIGHT_DECAY)
+    with pytest.raises(RuntimeError, match="structure"):
+        deferred.settle()

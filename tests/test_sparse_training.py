@@ -19,11 +19,14 @@ from sklearn.datasets import dump_svmlight_file
 
 from test_gradients import HIDDEN, _finite_differences
 from test_parallel import REPO
+from test_resume import _same_model, interrupted_at_batch
 from wasap.batches import SparseBatch, gather_transposed
+from wasap.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from wasap.config import TrainConfig
 from wasap.data import Dataset, load_dataset
 from wasap.memory import estimate_run
 from wasap.model import SparseMLP
+from wasap.sparse_input import SETTLE_EVERY, DeferredDecay
 from wasap.train import fit
 
 SIZES = [40, 24, 16, 3]
@@ -123,6 +126,63 @@ def test_training_steps_on_sparse_batches_equal_those_on_dense_batches(micro_bat
     assert not np.array_equal(sparse_model.layers[0].data[slice(*column)], first_before.data[slice(*column)])
 
 
+def test_deferred_first_layer_steps_train_as_the_dense_batches_do():
+    """What the trainer runs on sparse data (the first layer's steps at gradient 0 pending) against dense steps."""
+    rng = np.random.default_rng(10)
+    X = _sparse_rows(rng, 96, SIZES[0], 0.05, empty_rows=(1,), empty_columns=(2, 30))
+    y = rng.integers(0, SIZES[-1], 96)
+    sparse_model = SparseMLP.random(SIZES, epsilon=3, activation="all-relu", alpha=0.5, seed=5, warn=False)
+    dense_model = sparse_model.copy()
+    deferred = DeferredDecay(sparse_model.layers[0], every=5)
+    for step in range(23):
+        rows = rng.permutation(96)[:int(rng.integers(1, 21))]
+        sparse_batch, dense_batch = _both(X, rows)
+        settings = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, dropout=0.2, dropout_seed=step)
+        sparse_loss, sparse_correct = sparse_model.train_batch(sparse_batch, y[rows], deferred=deferred, **settings)
+        dense_loss, dense_correct = dense_model.train_batch(dense_batch, y[rows], **settings)
+        assert sparse_loss == pytest.approx(dense_loss, rel=1e-4) and sparse_correct == dense_correct
+    assert not deferred.settled  # 23 steps: 3 pending since the settlement at step 20
+    deferred.settle()
+    for l, (sparse, dense) in enumerate(zip(sparse_model.layers, dense_model.layers)):
+        np.testing.assert_allclose(sparse.data, dense.data, rtol=1e-4, atol=1e-6, err_msg=f"weights {l}")
+        np.testing.assert_allclose(sparse.velocity, dense.velocity, rtol=1e-3, atol=1e-6, err_msg=f"velocity {l}")
+        np.testing.assert_allclose(sparse.bias, dense.bias, rtol=1e-4, atol=1e-6, err_msg=f"bias {l}")
+    sparse_batch, dense_batch = _both(X, np.arange(16))
+    settings = dict(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    with pytest.raises(ValueError, match="sparse batch"):
+        sparse_model.train_batch(dense_batch, y[:16], deferred=deferred, **settings)
+    with pytest.raises(ValueError, match="first layer"):
+        dense_model.train_batch(sparse_batch, y[:16], deferred=deferred, **settings)
+    with pytest.raises(ValueError, match="micro_batch"):
+        sparse_model.train_batch(sparse_batch, y[:16], deferred=deferred, micro_batch=4, **settings)
+
+
+def test_a_sparse_run_resumes_from_a_mid_epoch_checkpoint_to_the_same_model(tmp_path, monkeypatch):
+    """Mid-epoch checkpoints of sparse data are taken where no step is pending: the resumed run is the same."""
+    rng = np.random.default_rng(11)
+    informative = rng.normal(0, 1, (3, 100))
+    X = _sparse_rows(rng, 1600, 100, 0.05)
+    y = np.asarray((X @ informative.T).argmax(axis=1)).ravel()
+    data = Dataset("sparse", X[:1300], y[:1300], X[1300:], y[1300:], np.arange(3))
+    config = TrainConfig(hidden=(16, 8), epsilon=4, epochs=3, batch_size=10, threads=1, seed=5)
+    reference = SparseMLP.from_config(data.n_features, 3, config, warn=False)
+    fit(reference, data, config, out_dir=str(tmp_path / "reference"), progress=False, log=None)
+
+    batches_per_epoch = 130
+    assert SETTLE_EVERY < 100 < batches_per_epoch
+    model = SparseMLP.from_config(data.n_features, 3, config, warn=False)
+    out = tmp_path / "run"
+    with interrupted_at_batch(monkeypatch, model, batches_per_epoch + 101):  # epoch 2, after 100 of its batches
+        summary = fit(model, data, config, out_dir=str(out), progress=False, log=None, checkpoint_every=0)
+    assert summary["stopped"] == "interrupted"
+    resumed, state = load_checkpoint(out / CHECKPOINT_FILE)
+    # Checkpoints were due after every batch; the last was taken where the trainer was settled.
+    assert state["epoch"] == 1 and state["trainer"]["position"]["batches"] == SETTLE_EVERY
+    summary = fit(resumed, data, config, out_dir=str(out), progress=False, log=None, resume=state)
+    assert summary["stopped"] == "completed"
+    _same_model(tmp_path / "reference" / "model.npz", out / "model.npz")
+
+
 def test_fit_on_a_sparse_dataset_equals_fit_on_its_dense_copy():
     rng = np.random.default_rng(6)
     informative = rng.normal(0, 1, (3, 100))
@@ -164,12 +224,16 @@ def test_a_million_sparse_features_train_in_memory_far_below_one_dense_batch():
     y = rng.integers(0, 2, n_rows)
     model = SparseMLP.random([n_features, 32, 2], epsilon=1, seed=0, warn=False)
     settings = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
-    model.train_batch(gather_transposed(X, np.arange(batch)), y[:batch], **settings)  # compiled, buffers made
+    # As the trainer steps: the first layer's steps deferred where the batch has no nonzero.
+    deferred = DeferredDecay(model.layers[0], every=3)
+    model.train_batch(gather_transposed(X, np.arange(batch)), y[:batch], **settings, deferred=deferred)
+    deferred.settle()  # compiled, buffers made
     tracemalloc.start()
     try:
         for start in range(0, n_rows, batch):
             rows = np.arange(start, start + batch)
-            model.train_batch(gather_transposed(X, rows), y[rows], **settings)
+            model.train_batch(gather_transposed(X, rows), y[rows], **settings, deferred=deferred)
+        deferred.settle()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -438,7 +438,7 @@ class SparseMLP:
     def backward(self, x_t: np.ndarray, ws: Workspace, *, lr: float = 0.0, momentum: float = 0.0,
                  weight_decay: float = 0.0, grads: Sequence[np.ndarray] | None = None,
                  bias_grads: Sequence[np.ndarray] | None = None, accumulate: bool = False,
-                 rates: LayerRates = SAME_RATES) -> None:
+                 rates: LayerRates = SAME_RATES, deferred: sparse_input.DeferredDecay | None = None) -> None:
         """Backward pass after :meth:`forward` and :meth:`loss_and_delta`.
 
         With ``grads`` None the weights are updated in place (momentum SGD, fused
@@ -446,7 +446,9 @@ class SparseMLP:
         the biases; otherwise the gradients are written to ``grads[l]``
         ``(nnz_l,)`` and ``bias_grads[l]`` ``(n_out_l,)`` (added to them with
         ``accumulate``) and the model is left unchanged. ``x_t`` is the batch given to
-        :meth:`forward` (dense, or a :class:`~wasap.batches.SparseBatch`).
+        :meth:`forward` (dense, or a :class:`~wasap.batches.SparseBatch`). With ``deferred``
+        (a sparse batch, updating), the first layer's weights step through it
+        (:meth:`wasap.sparse_input.DeferredDecay.end_step`).
         """
         update = grads is None
         if update:
@@ -461,7 +463,7 @@ class SparseMLP:
             if l == 0 and isinstance(x_t, SparseBatch):
                 self._sparse_input_backward(x_t, delta, mode, empty if update else grads[0],
                                             empty if update else bias_grads[0], rates.layer_lr(lr, 0, sizes, layer.nnz),
-                                            momentum, weight_decay)
+                                            momentum, weight_decay, deferred)
                 break
             a_prev = ws.activations[l] if l > 0 else x_t
             below = ws.derivs[l]
@@ -472,11 +474,15 @@ class SparseMLP:
             )
             delta = below
 
-    def _sparse_input_backward(self, batch, delta, mode, grad, bias_grad, lr, momentum, weight_decay):
+    def _sparse_input_backward(self, batch, delta, mode, grad, bias_grad, lr, momentum, weight_decay, deferred):
         """The first layer's part of :meth:`backward` for a sparse batch: no delta below the input is needed."""
         layer = self.layers[0]
         kernels.bias_step(delta, layer.bias, layer.bias_velocity, bias_grad, mode, lr, momentum)
-        if mode == kernels.MODE_UPDATE:
+        if deferred is not None:
+            if mode != kernels.MODE_UPDATE:
+                raise ValueError("deferred steps update the weights: no gradient buffers with them.")
+            deferred.end_step(delta, lr, momentum, weight_decay)
+        elif mode == kernels.MODE_UPDATE:
             sparse_input.sparse_weight_update(batch.indptr, batch.indices, batch.data, batch.rows, layer.indptr,
                                               layer.indices, layer.data, layer.velocity, delta, lr, momentum,
                                               weight_decay)
@@ -486,7 +492,8 @@ class SparseMLP:
 
     def train_batch(self, x_t: np.ndarray, target: np.ndarray, *, lr: float, momentum: float, weight_decay: float,
                     dropout: float = 0.0, dropout_seed: int = 0, micro_batch: int | None = None,
-                    rates: LayerRates = SAME_RATES) -> tuple[float, int]:
+                    rates: LayerRates = SAME_RATES,
+                    deferred: sparse_input.DeferredDecay | None = None) -> tuple[float, int]:
         """One momentum SGD step on a batch; returns ``(loss, n_correct)``.
 
         Parameters
@@ -503,7 +510,17 @@ class SparseMLP:
         rates : wasap.optim.LayerRates, optional
             Each layer's rate relative to ``lr`` (:meth:`wasap.optim.LayerRates.layer_lr`); default: ``lr``
             everywhere.
+        deferred : wasap.sparse_input.DeferredDecay, optional
+            For a sparse batch: the first layer's steps at gradient 0 are left pending in the rows of
+            the features the batch lacks (the layer's arrays are then current only where it is
+            :attr:`~wasap.sparse_input.DeferredDecay.settled`). Not with ``micro_batch``.
         """
+        if deferred is not None:
+            if not isinstance(x_t, SparseBatch) or deferred.layer is not self.layers[0]:
+                raise ValueError("deferred steps are for a sparse batch and this model's first layer.")
+            if micro_batch is not None and x_t.shape[1] > micro_batch:
+                raise ValueError("deferred steps take whole batches: no micro_batch with them.")
+            deferred.begin_step(x_t, rates.layer_lr(lr, 0, self.sizes, self.layers[0].nnz), momentum, weight_decay)
         if micro_batch is not None and x_t.shape[1] > micro_batch:
             return self._train_batch_in_parts(x_t, target, micro_batch, lr=lr, momentum=momentum,
                                               weight_decay=weight_decay, dropout=dropout,
@@ -511,7 +528,7 @@ class SparseMLP:
         ws = self.workspace(x_t.shape[1], training=True)
         output = self.forward(x_t, ws, dropout=dropout, dropout_seed=dropout_seed)
         loss, n_correct = self.loss_and_delta(output, target, ws)
-        self.backward(x_t, ws, lr=lr, momentum=momentum, weight_decay=weight_decay, rates=rates)
+        self.backward(x_t, ws, lr=lr, momentum=momentum, weight_decay=weight_decay, rates=rates, deferred=deferred)
         return loss, n_correct
 
     def _train_batch_in_parts(self, x_t, target, micro_batch, *, lr, momentum, weight_decay, dropout, dropout_seed,

@@ -21,8 +21,14 @@ above run unchanged.
   the batch), then each thread task takes whole features and writes only its own
   weight row's gradients.
 - Step (:func:`sparse_weight_update`): the same gradient applied at once by the
-  momentum SGD rule to every weight, without a gradient buffer (training steps the
-  weights this way; gradients are handed out for micro-batches and parallel workers).
+  momentum SGD rule to every weight, without a gradient buffer (gradients are handed
+  out for micro-batches and parallel workers).
+- Deferred step (:class:`DeferredDecay`, what the trainer uses): most weight rows belong
+  to features absent from the batch, whose step (gradient 0) is the same linear map of
+  ``(w, v)`` every time. Those steps are left pending and applied at once, as a power of
+  that map, when the row's feature next occurs (:func:`catch_up_rows`) or every
+  :data:`SETTLE_EVERY` steps (:func:`settle_rows`); the batch's own rows take the usual
+  rule (:func:`step_present_rows`). A step then costs the batch's rows, not the layer.
 
 The activation, its derivative and dropout of the first layer's output are
 :func:`wasap.kernels.activate_layer`, the same arithmetic and draws as the dense
@@ -49,9 +55,14 @@ from .optim import momentum_update
 #: line of float32) instead of one value per neuron and sample.
 _SAMPLE_BLOCK = 16
 
-#: Weight rows stepped by one thread task of :func:`sparse_weight_update`: enough work per task
-#: to hide the task's start, and many tasks for a layer of thousands of inputs.
+#: Weight rows stepped by one thread task of :func:`sparse_weight_update` and :func:`settle_rows`:
+#: enough work per task to hide the task's start, and many tasks for a layer of thousands of inputs.
 _ROW_BLOCK = 256
+
+#: Steps after which :class:`DeferredDecay` brings every row up to date: the pass over the whole
+#: layer then costs a small share of the steps it stands for, and a pending row is at most this
+#: many steps behind.
+SETTLE_EVERY = 64
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -341,3 +352,218 @@ def _entry_gradient(delta_row, positions, values, start, stop):
     for e in range(start, stop):
         g += values[e] * delta_row[positions[e]]
     return g
+
+
+def decay_powers(lr, momentum, weight_decay, count):
+    """The matrices of ``k`` momentum SGD steps at gradient 0, ``k = 0..count``.
+
+    With ``g = 0`` the rule of :func:`wasap.optim.momentum_update` is linear in ``(w, v)``::
+
+        v' = mu v - lr wd w
+        w' = w + v' = (1 - lr wd) w + mu v
+
+    so ``k`` such steps are the ``k``-th power of that 2 x 2 matrix, kept in float64.
+
+    Parameters
+    ----------
+    lr, momentum, weight_decay : float
+    count : int
+
+    Returns
+    -------
+    (count + 1, 2, 2) float64
+        ``powers[k] @ (w, v)`` is ``(w, v)`` after ``k`` steps at gradient 0.
+    """
+    decay = float(lr) * float(weight_decay)
+    one_step = np.array([[1.0 - decay, float(momentum)], [-decay, float(momentum)]])
+    powers = np.empty((count + 1, 2, 2))
+    powers[0] = np.eye(2)
+    for k in range(1, count + 1):
+        powers[k] = one_step @ powers[k - 1]
+    return powers
+
+
+@njit(inline="always")
+def _catch_up_row(f, indptr, data, velocity, pending_since, steps, powers):
+    """Apply row ``f``'s ``steps - pending_since[f]`` pending steps at gradient 0, at once."""
+    k = steps - pending_since[f]
+    if k == 0:
+        return
+    p00, p01, p10, p11 = powers[k, 0, 0], powers[k, 0, 1], powers[k, 1, 0], powers[k, 1, 1]
+    for i in range(indptr[f], indptr[f + 1]):
+        w = np.float64(data[i])
+        v = np.float64(velocity[i])
+        data[i] = np.float32(p00 * w + p01 * v)
+        velocity[i] = np.float32(p10 * w + p11 * v)
+    pending_since[f] = steps
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
+def catch_up_rows(features, indptr, data, velocity, pending_since, steps, powers):
+    """Bring the weight rows of ``features`` up to step ``steps``: their pending steps at gradient 0.
+
+    Parameters
+    ----------
+    features : (n_present,) int64
+        Distinct input features (:func:`batch_feature_major`'s first result).
+    indptr : (n_in + 1,) int64
+    data, velocity : (nnz,) float32
+        The layer's weights and momentum, updated in place.
+    pending_since : (n_in,) int64
+        The step each row is up to date with; set to ``steps`` for ``features``.
+    steps : int
+        Steps taken since the layer was last settled (``pending_since`` counts from there too).
+    powers : (count + 1, 2, 2) float64
+        :func:`decay_powers` for ``count >= steps``.
+    """
+    for t in prange(features.shape[0]):
+        _catch_up_row(features[t], indptr, data, velocity, pending_since, steps, powers)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
+def settle_rows(indptr, data, velocity, pending_since, steps, powers):
+    """:func:`catch_up_rows` for every row of the layer, by blocks of :data:`_ROW_BLOCK` rows."""
+    n_in = indptr.shape[0] - 1
+    for block in prange((n_in + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        for f in range(block * _ROW_BLOCK, min(block * _ROW_BLOCK + _ROW_BLOCK, n_in)):
+            _catch_up_row(f, indptr, data, velocity, pending_since, steps, powers)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=True, error_model="numpy")
+def step_present_rows(features, feature_indptr, positions, values, indptr, indices, data, velocity, delta, lr,
+                      momentum, weight_decay, pending_since, steps):
+    """Momentum SGD step ``steps`` of the weight rows of the batch's features, caught up before it.
+
+    The rule and the gradient are :func:`sparse_weight_update`'s; the other rows are left
+    as they are (their step is pending). Each thread task takes one feature's row.
+
+    Parameters
+    ----------
+    features, feature_indptr, positions, values :
+        The batch in feature-major order (:func:`batch_feature_major`).
+    indptr : (n_in + 1,) int64
+    indices : (nnz,) int32
+    data, velocity : (nnz,) float32
+        Updated in place in the rows of ``features``.
+    delta : (n_out, batch) float32
+        dLoss/dz of the layer's output, transposed.
+    lr, momentum, weight_decay : float
+    pending_since : (n_in,) int64
+        Must be ``steps`` for ``features`` (:func:`catch_up_rows`); set to ``steps + 1`` for them.
+    steps : int
+
+    Raises
+    ------
+    ValueError
+        When ``velocity`` is not of ``data``'s shape, or a row of ``features`` is not up to date.
+    """
+    if velocity.shape[0] != data.shape[0] or data.shape[0] != indices.shape[0]:
+        raise ValueError("data and velocity must have shape (nnz,).")
+    lr = np.float32(lr)
+    momentum = np.float32(momentum)
+    weight_decay = np.float32(weight_decay)
+    for t in range(features.shape[0]):
+        if pending_since[features[t]] != steps:
+            raise ValueError("a row of the batch has pending steps: catch_up_rows must run first.")
+    for t in prange(features.shape[0]):
+        f = features[t]
+        start, stop = feature_indptr[t], feature_indptr[t + 1]
+        for k in range(indptr[f], indptr[f + 1]):
+            g = _entry_gradient(delta[indices[k]], positions, values, start, stop)
+            data[k], velocity[k] = momentum_update(data[k], g, velocity[k], lr, momentum, weight_decay)
+        pending_since[f] = steps + 1
+
+
+class DeferredDecay:
+    """The first layer's steps at gradient 0, left pending in the rows of features a batch lacks.
+
+    A training step with a sparse batch moves every weight of the first layer, but
+    those of the features absent from the batch only by momentum and weight decay:
+    the same linear map each time (:func:`decay_powers`). This keeps, per weight row,
+    the step it is up to date with, and brings a row up to date when its feature
+    occurs in a batch (before the forward pass reads it), and every row every
+    ``every`` steps and whenever :meth:`settle` is called. Between those points the
+    layer's arrays hold pending rows: whoever reads the weights must :meth:`settle`
+    first (the trainer does at the end of an epoch, and checkpoints only where
+    :attr:`settled`).
+
+    The result equals the eager step (:func:`sparse_weight_update`) up to float32
+    rounding: the pending steps are one float64 product instead of ``k`` float32 steps.
+    It depends on where the layer was settled, never on the thread count.
+
+    Parameters
+    ----------
+    layer : wasap.model.SparseLayer
+        The first layer; its structure must not change until :meth:`settle`.
+    every : int
+        Steps between two settlements.
+    """
+
+    def __init__(self, layer, every: int = SETTLE_EVERY) -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}.")
+        self.layer = layer
+        self.every = int(every)
+        self.pending_since = np.zeros(layer.n_in, dtype=np.int64)
+        self.steps = 0  # since the last settlement
+        self._rule = None
+        self._powers = None
+        self._structure = None
+        self._batch = None
+
+    @property
+    def settled(self) -> bool:
+        """Whether every row is up to date (the layer's arrays are the trained weights)."""
+        return self.steps == 0
+
+    def begin_step(self, batch, lr: float, momentum: float, weight_decay: float) -> None:
+        """Bring the rows of ``batch``'s features up to date, before the forward pass reads them.
+
+        Parameters
+        ----------
+        batch : wasap.batches.SparseBatch
+        lr, momentum, weight_decay : float
+            The layer's rule for this step; another rule than the pending steps' settles first.
+        """
+        rule = (np.float32(lr), np.float32(momentum), np.float32(weight_decay))
+        if rule != self._rule:
+            self.settle()
+            self._rule = rule
+            self._powers = decay_powers(*rule, self.every)
+        layer = self.layer
+        if self.settled:
+            self._structure = layer.indptr
+        elif layer.indptr is not self._structure:
+            raise RuntimeError("the first layer's structure changed with steps pending: settle() first.")
+        feature_major = batch_feature_major(batch.indptr, batch.indices, batch.data, batch.rows, layer.n_in)
+        self._batch = batch.rows.shape[0], feature_major
+        catch_up_rows(feature_major[0], layer.indptr, layer.data, layer.velocity, self.pending_since, self.steps,
+                      self._powers)
+
+    def end_step(self, delta: np.ndarray, lr: float, momentum: float, weight_decay: float) -> None:
+        """Step the batch's rows with its gradient (``delta``: ``(n_out, batch)`` float32); settle when due."""
+        if self._batch is None:
+            raise RuntimeError("end_step() without begin_step().")
+        if (np.float32(lr), np.float32(momentum), np.float32(weight_decay)) != self._rule:
+            raise ValueError("end_step() must take the rule begin_step() was given.")
+        layer = self.layer
+        batch_size, (features, feature_indptr, positions, values) = self._batch
+        if delta.shape != (layer.n_out, batch_size):
+            raise ValueError(f"delta must have shape (n_out, batch) = {(layer.n_out, batch_size)}, got {delta.shape}.")
+        self._batch = None
+        step_present_rows(features, feature_indptr, positions, values, layer.indptr, layer.indices, layer.data,
+                          layer.velocity, delta, *self._rule, self.pending_since, self.steps)
+        self.steps += 1
+        if self.steps == self.every:
+            self.settle()
+
+    def settle(self) -> None:
+        """Bring every row up to date."""
+        if self.settled:
+            return
+        layer = self.layer
+        if layer.indptr is not self._structure:
+            raise RuntimeError("the first layer's structure changed with steps pending.")
+        settle_rows(layer.indptr, layer.data, layer.velocity, self.pending_since, self.steps, self._powers)
+        self.pending_since.fill(0)
+        self.steps = 0

@@ -25,6 +25,7 @@ from .model import TRAINER_STREAM, SparseLayer, SparseMLP, stream_seed
 from .records import RunRecorder, run_facts
 from .signals import StopSignals, describe_stop
 from .signals import stop_reason as stop_reason_of
+from .sparse_input import DeferredDecay
 from .threads import ThreadGovernor, default_governor, default_threads, get_threads, set_threads
 from .topology import importance_pruning_due
 
@@ -70,6 +71,7 @@ class SequentialTrainer:
         self.rng = np.random.default_rng(stream_seed(config.seed, TRAINER_STREAM))
         self.step = 0
         self.position = None
+        self._deferred = None
 
     def state_dict(self) -> dict:
         """The trainer's state besides the model, JSON-ready: what an exact continuation needs."""
@@ -121,8 +123,27 @@ class SequentialTrainer:
         batches = batches_of(self.rng.permutation(X.shape[0]), cfg.batch_size)
         in_parts = cfg.micro_batch is not None and cfg.micro_batch < cfg.batch_size
         sparse = scipy.sparse.issparse(X)
-        governor = self.governor
         image_shape = training_image_shape(cfg, X)
+        # The first layer's steps at gradient 0 wait in the rows of the features a batch lacks: the weights are
+        # current wherever the trainer is settled, and at the end of the epoch, however it ends.
+        self._deferred = DeferredDecay(model.layers[0]) if sparse and not in_parts else None
+        try:
+            loss_sum, correct = self._train_batches(X, y, batches, position, image_shape, progress)
+        finally:
+            if self._deferred is not None:
+                self._deferred.settle()
+            self._deferred = None
+        n = X.shape[0]
+        return loss_sum / n, (float("nan") if regression else correct / n)
+
+    def _train_batches(self, X, y, batches, position, image_shape, progress):
+        """The batches of :meth:`train_epoch` from ``position`` on: the epoch's loss sum and correct count."""
+        cfg = self.config
+        model = self.model
+        regression = model.loss != "cross-entropy"
+        in_parts = cfg.micro_batch is not None and cfg.micro_batch < cfg.batch_size
+        sparse = scipy.sparse.issparse(X)
+        governor = self.governor
         for rows in batches[position["batches"]:]:
             if governor is not None:
                 threads = governor.threads()
@@ -139,7 +160,7 @@ class SequentialTrainer:
             loss, n_correct = model.train_batch(
                 x_t, target, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                 dropout=cfg.dropout, dropout_seed=stream_seed(cfg.seed, self.step), micro_batch=cfg.micro_batch,
-                rates=cfg.layer_rates(),
+                rates=cfg.layer_rates(), deferred=self._deferred,
             )
             if governor is not None:
                 governor.record(time.perf_counter() - started, rows.shape[0])
@@ -154,8 +175,16 @@ class SequentialTrainer:
             if progress is not None:
                 progress(rows.shape[0])
         self.position = None
-        n = X.shape[0]
-        return position["loss_sum"] / n, (float("nan") if regression else position["correct"] / n)
+        return position["loss_sum"], position["correct"]
+
+    @property
+    def settled(self) -> bool:
+        """Whether the model's arrays hold the weights trained so far (deferred steps pending make them not).
+
+        Always between epochs; inside an epoch on sparse data, every
+        :data:`wasap.sparse_input.SETTLE_EVERY` batches: where a checkpoint may be taken.
+        """
+        return self._deferred is None or self._deferred.settled
 
     def samples_done(self, n_samples: int) -> int:
         """Samples of the epoch in progress already trained (0 between epochs)."""
@@ -353,7 +382,9 @@ class _Run:
                         def after_batch(n_samples):
                             bar.update(n_samples)
                             stop.check()
-                            if checkpoints is not None and checkpoints.due(mid_epoch=True) and model.is_finite():
+                            # Where the trainer is settled: a resumed run then goes on exactly as this one.
+                            if checkpoints is not None and checkpoints.due(mid_epoch=True) and \
+                                    getattr(trainer, "settled", True) and model.is_finite():
                                 self.checkpoint()
 
                         started = time.perf_counter()
