@@ -19,7 +19,7 @@ FIELDS = [field.name for field in dataclasses.fields(TrainConfig)]
 
 #: The flags that say what to train on, where to write and how to run, rather than what to train.
 NOT_HYPERPARAMETERS = {"help", "version", "dataset", "data_dir", "n_samples", "n_features", "n_classes",
-                       "no_standardize", "recipe", "memory_budget", "out", "overwrite", "resume",
+                       "standardize", "recipe", "memory_budget", "out", "overwrite", "resume",
                        "checkpoint_every", "quiet"}
 #: The estimators' parameters that are no TrainConfig field.
 ESTIMATOR_ONLY = {"warm_start", "verbose"}

@@ -252,15 +252,17 @@ def _svmlight_files(tmp_path, rng):
     return X, y
 
 
-def test_the_command_line_trains_on_svmlight_files_and_predicts_them_sparse(tmp_path):
+@pytest.mark.parametrize("scaling", [[], ["--standardize"]], ids=["raw by default", "standardize"])
+def test_the_command_line_trains_on_svmlight_files_and_predicts_them_sparse(tmp_path, scaling):
     rng = np.random.default_rng(8)
     _svmlight_files(tmp_path, rng)
     pair = f"{tmp_path / 'train.svm'},{tmp_path / 'test.svm'}"
-    data = load_dataset(pair)
-    assert data.is_sparse and data.feature_mean is None and data.feature_scale is not None
+    data = load_dataset(pair, standardize=True if scaling else None)
+    assert data.is_sparse and data.feature_mean is None and (data.feature_scale is not None) == bool(scaling)
+    assert ("scaled without centering" if scaling else "values kept as they are") in data.description
     out = tmp_path / "run"
     completed = subprocess.run([sys.executable, "-m", "wasap.run", "--dataset", pair, "--hidden", "32,32",
-                                "--epochs", "8", "--epsilon", "10",
+                                "--epochs", "20", "--epsilon", "10", *scaling,
                                 "--dropout", "0", "--batch-size", "16", "--out", str(out), "--quiet"],
                                capture_output=True, text=True, cwd=REPO, timeout=300)
     assert completed.returncode == 0, completed.stderr
@@ -271,14 +273,45 @@ def test_the_command_line_trains_on_svmlight_files_and_predicts_them_sparse(tmp_
                                 str(tmp_path / "test.svm"), "--out", str(predicted)],
                                capture_output=True, text=True, cwd=REPO, timeout=300)
     assert completed.returncode == 0, completed.stderr
-    # The saved model scales new rows as its training rows were (without centering) and keeps them sparse.
+    # The saved model scales new rows as its training rows were (without centering, or not at all) and keeps
+    # them sparse.
     model = SparseMLP.load(str(out / "model.npz"))
-    assert model.preprocessing.standardized and not model.preprocessing.centered
+    assert model.preprocessing.standardized == bool(scaling) and not model.preprocessing.centered
     raw_test = load_dataset(pair, standardize=False).X_test
     assert scipy.sparse.issparse(model.preprocessing.transform(raw_test))
     expected = model.predict(raw_test)
     assert predicted.read_text().split() == [str(label) for label in expected]
     assert set(expected) <= {-1, 1} and "accuracy:" in completed.stdout + completed.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], dict(batch_size=32, activation="relu", alpha=None)),
+    (["--batch-size", "64"], dict(batch_size=64, activation="relu", alpha=None)),
+    (["--activation", "all-relu"], dict(batch_size=32, activation="all-relu", alpha=TrainConfig().alpha)),
+    (["--activation", "all-relu", "--alpha", "0.3"], dict(batch_size=32, activation="all-relu", alpha=0.3)),
+])
+def test_sparse_data_trains_with_the_sparse_defaults_where_no_flag_sets_them(tmp_path, capsys, flags, expected):
+    from wasap.run import main
+
+    _svmlight_files(tmp_path, np.random.default_rng(12))
+    out = tmp_path / "run"
+    assert main(["--dataset", f"{tmp_path / 'train.svm'},{tmp_path / 'test.svm'}", "--hidden", "16", "--epsilon", "5",
+                 "--epochs", "1", "--threads", "1", "--out", str(out), *flags]) == 0
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert {name: config[name] for name in expected} == expected
+    assert f"sparse input: batch size {expected['batch_size']}, activation {expected['activation']}" in \
+        capsys.readouterr().out
+    if flags:
+        return
+    # A dense copy of the same rows keeps the dense defaults.
+    dense = tmp_path / "dense.npz"
+    data = load_dataset(f"{tmp_path / 'train.svm'},{tmp_path / 'test.svm'}", standardize=False)
+    np.savez(dense, X_train=data.X_train.toarray(), y_train=data.classes[data.y_train],
+             X_test=data.X_test.toarray(), y_test=data.classes[data.y_test])
+    assert main(["--dataset", str(dense), "--hidden", "16", "--epsilon", "5", "--epochs", "1", "--threads", "1",
+                 "--out", str(tmp_path / "dense-run")]) == 0
+    config = json.loads((tmp_path / "dense-run" / "summary.json").read_text())["config"]
+    assert (config["batch_size"], config["activation"]) == (TrainConfig().batch_size, TrainConfig().activation)
 
 
 def test_several_workers_refuse_sparse_data_with_what_to_do(tmp_path):

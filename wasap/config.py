@@ -36,6 +36,9 @@ WIDTH_AWARE_OUTPUT_LR_TIMES_INPUTS = 50.0
 #: The values :meth:`TrainConfig.width_aware` sets (anything else keeps its default), which
 #: ``--recipe width-aware`` leaves to the flags given explicitly.
 WIDTH_AWARE_KEYS = ("activation", "init", "zero_output", "lr", "output_lr", "dropout", "weight_decay")
+#: What :meth:`TrainConfig.for_sparse_input` sets: on bag-of-words data a first-layer neuron sees about one
+#: nonzero input a sample, and more, smaller steps and plain ReLU learn more from it (docs/sparse-data.md).
+SPARSE_INPUT_DEFAULTS = dict(batch_size=32, activation="relu")
 #: The paper's weight decay per step, ``lr * weight_decay = 0.01 * 2e-4``, kept whatever the rate.
 _PAPER_DECAY_PER_STEP = 2e-6
 
@@ -412,6 +415,32 @@ class TrainConfig:
         """Each layer's learning rate relative to ``lr`` (:class:`wasap.optim.LayerRates`)."""
         output_ratio = None if self.output_lr is None else self.output_lr / self.lr
         return LayerRates(lr_fan_in=self.lr_fan_in, output_ratio=output_ratio)
+
+    def for_sparse_input(self, keep: Iterable[str] = ()) -> "TrainConfig":
+        """This config with the defaults for sparse input (:data:`SPARSE_INPUT_DEFAULTS`), but for ``keep``.
+
+        The command line trains sparse data so where ``--batch-size`` and ``--activation`` are not
+        given, as it applies a named data set's preset; the estimators take their parameters as given.
+
+        Parameters
+        ----------
+        keep : iterable of str
+            Names whose values stay (the hyperparameters set explicitly). ``alpha`` is dropped with
+            All-ReLU unless kept.
+
+        Examples
+        --------
+        >>> config = TrainConfig().for_sparse_input()
+        >>> config.batch_size, config.activation, config.alpha
+        (32, 'relu', None)
+        >>> TrainConfig(batch_size=64).for_sparse_input(keep={"batch_size"}).batch_size
+        64
+        """
+        keep = set(keep)
+        changes = {name: value for name, value in SPARSE_INPUT_DEFAULTS.items() if name not in keep}
+        if changes.get("activation", self.activation) != "all-relu" and "alpha" not in keep:
+            changes["alpha"] = None
+        return self.replace(**changes)
 
     def replace(self, **changes) -> "TrainConfig":
         """A validated copy with some values changed."""

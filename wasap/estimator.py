@@ -372,9 +372,14 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
     -----
     ``X`` may be a scipy.sparse matrix: it stays sparse (CSR, float32) through training and prediction, and
     the input layer works on its nonzeros, so memory and time follow them rather than ``n_features``
-    (``X_val`` is made the same kind as ``X``). Inputs should be scaled (e.g. ``StandardScaler`` in a
-    Pipeline, ``with_mean=False`` for sparse ones), as the paper standardises every data set. Sparse ``X``
-    trains in one process: ``workers > 1`` refuses it.
+    (``X_val`` is made the same kind as ``X``). Dense inputs should be scaled (e.g. ``StandardScaler`` in a
+    Pipeline), as the paper standardises every data set; sparse counts, tf-idf or indicators learn best as
+    they are (per-feature scaling by the std, ``StandardScaler(with_mean=False)``, multiplies rare features
+    by about ``1 / sqrt(frequency)``: docs/sparse-data.md), and sparse features of other magnitudes take
+    ``StandardScaler(with_mean=False)``. On such data ``batch_size=32, activation="relu"``
+    (:data:`wasap.config.SPARSE_INPUT_DEFAULTS`, what the command line uses for sparse data) learn better
+    than the paper's settings; the parameters are taken as given, so pass them. Sparse ``X`` trains in one
+    process: ``workers > 1`` refuses it.
 
     When training stops early:
 

@@ -3,12 +3,13 @@
 :func:`standardize` scales each feature by the training split's statistics; it and
 :meth:`Preprocessing.transform` (the same scaling applied to new raw rows) share one computation,
 :func:`standardize_in_place`. A :class:`Preprocessing` holds the per-feature mean and scale the
-training split was standardised with (or none, for a run with ``--no-standardize``), the number of
-features, and the label values behind the class indices.
+training split was standardised with (or none, for raw features: ``--no-standardize``, and sparse
+features unless ``--standardize``), the number of features, and the label values behind the class
+indices.
 
-Sparse features (scipy.sparse) are scaled without centering, ``x / scale``, as scikit-learn's
-``StandardScaler(with_mean=False)`` does: subtracting a mean would make every zero nonzero, and the
-data dense. Their scale is the train split's standard deviation, zeros included, computed from the
+Sparse features (scipy.sparse), when standardised, are scaled without centering, ``x / scale``, as
+scikit-learn's ``StandardScaler(with_mean=False)`` does: subtracting a mean would make every zero
+nonzero, and the data dense. Their scale is the train split's standard deviation, zeros included, computed from the
 nonzeros (:func:`sparse_column_scale`); the preprocessing then has a scale and no mean.
 :meth:`SparseMLP.save <wasap.model.SparseMLP.save>` stores it in the model file and
 :meth:`SparseMLP.load <wasap.model.SparseMLP.load>` restores it, so that

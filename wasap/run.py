@@ -205,8 +205,12 @@ def build_parser(prog: str = "python -m wasap.run") -> argparse.ArgumentParser:
     data.add_argument("--n-samples", type=int, default=10000, help="synthetic: samples (70/30 train/test)")
     data.add_argument("--n-features", type=int, default=100, help="synthetic: features")
     data.add_argument("--n-classes", type=int, default=2, help="synthetic: classes")
-    data.add_argument("--no-standardize", action="store_true",
-                      help="keep raw feature values (default: standardise with the train split's statistics)")
+    scaling = data.add_mutually_exclusive_group()
+    scaling.add_argument("--standardize", dest="standardize", action="store_true", default=None,
+                         help="standardise the features with the train split's statistics (the default for dense "
+                              "data; sparse data are then scaled without centering)")
+    scaling.add_argument("--no-standardize", dest="standardize", action="store_false",
+                         help="keep the raw feature values (the default for sparse data)")
 
     groups = {section: parser.add_argument_group(title) for section, title in SECTION_TITLES.items()}
     add_config_arguments(groups)
@@ -482,9 +486,16 @@ def _train(args, argv, comm=None):
         out_dir = args.out or os.path.join(
             "runs", f"{os.path.basename(args.dataset.rstrip('/')) or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}")
         data = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed,
-                            standardize=not args.no_standardize, n_samples=args.n_samples,
+                            standardize=args.standardize, n_samples=args.n_samples,
                             n_features=args.n_features, n_classes=args.n_classes)
         say(f"data: {data.description or data.name}")
+        if data.is_sparse and state is None:
+            explicit = explicit_flags(command_line)
+            sparse_config = config.for_sparse_input(keep=explicit)
+            if sparse_config != config:
+                config = sparse_config
+                say(f"sparse input: batch size {config.batch_size}, activation {config.activation} "
+                    "(the defaults for sparse data; --batch-size and --activation set them)")
         if args.recipe == "width-aware" and state is None:
             config = apply_recipe(config, data.n_classes, explicit_flags(command_line))
             say(f"recipe width-aware: activation {config.activation}, init {config.init}, lr {config.lr:.4g}, "

@@ -34,7 +34,7 @@ def load_dataset(
     *,
     data_dir: str | os.PathLike | None = None,
     seed: int = 0,
-    standardize: bool = True,
+    standardize: bool | None = None,
     n_samples: int = 10000,
     n_features: int = 100,
     n_classes: int = 2,
@@ -83,10 +83,14 @@ def load_dataset(
         Where the files of ``fashion-mnist``, ``higgs`` or ``cifar10`` are.
     seed : int
         Seeds the synthetic data and the split of single files.
-    standardize : bool
-        Standardise each feature with the train split's mean and std (std 0 -> 1), as the paper does;
-        sparse features are only divided by their std, without centering (which would densify them:
-        :mod:`wasap.preprocessing`). False returns the raw values.
+    standardize : bool, optional
+        True standardises each feature with the train split's mean and std (std 0 -> 1), as the paper
+        does; sparse features are only divided by their std, without centering (which would densify
+        them: :mod:`wasap.preprocessing`). False returns the raw values. None (the default): True for
+        dense features, False for sparse ones, whose values (counts, tf-idf, indicators) are already of
+        unit scale where they occur and learn best as they are (dividing by the std multiplies a
+        feature held by a fraction ``p`` of the rows by about ``1 / sqrt(p)``; docs/sparse-data.md
+        gives the measurements).
     n_samples, n_features, n_classes : int
         Shape of the synthetic data.
     n_informative : int, optional
@@ -130,13 +134,14 @@ def load_dataset(
         )
     else:
         splits = _load_path(spec, seed=seed, test_fraction=test_fraction, label_column=label_column)
-    return _finish(splits, standardize_features=standardize)
+    return _finish(splits, standardize=standardize)
 
 
-def _finish(splits: Splits, *, standardize_features: bool) -> Dataset:
+def _finish(splits: Splits, *, standardize: bool | None) -> Dataset:
     """Encode the labels of what a reader read, make it a Dataset (which checks it) and standardise it."""
     y_train, y_test, classes = encode_labels(splits.y_train, splits.y_test)
     data = Dataset(splits.name, splits.X_train, y_train, splits.X_test, y_test, classes)
+    standardize_features = (not data.is_sparse) if standardize is None else bool(standardize)
     if standardize_features:
         # In place: the arrays are the readers' own, and a copy of a multi-GB split would double it.
         data.X_train, data.X_test = (X if _writable(X) else X.copy() for X in (data.X_train, data.X_test))
@@ -149,8 +154,9 @@ def _finish(splits: Splits, *, standardize_features: bool) -> Dataset:
         f"{splits.name}: {splits.origin}; {data.n_train} train / {data.n_test} test samples x "
         f"{data.n_features} features{density}, {data.n_classes} classes"
     )
-    if standardize_features and data.is_sparse:
-        data.description += "; scaled without centering (sparse input)"
+    if data.is_sparse:
+        data.description += ("; scaled without centering (sparse input)" if standardize_features else
+                             "; values kept as they are (sparse input; standardize to scale them without centering)")
     return data
 
 
