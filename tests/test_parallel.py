@@ -96,6 +96,56 @@ def test_one_synchronous_worker_reproduces_the_sequential_trainer(init, rates):
     assert {"workers", "sync", "phase2_start", "start_method"} <= set(got["parallel"])
 
 
+def _sparse_blobs(n=2000, n_features=300, n_classes=3, seed=1):
+    """A learnable sparse problem: 30 informative features at 20% nonzeros, the others at 2%."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(seed)
+
+    def block(width, density):
+        return scipy.sparse.random(n, width, density=density, format="csr", dtype=np.float32, random_state=rng,
+                                   data_rvs=lambda k: rng.uniform(0.5, 2.0, k))
+
+    informative = block(30, 0.2)
+    X = scipy.sparse.hstack([informative, block(n_features - 30, 0.02)], format="csr")
+    y = np.asarray((informative @ rng.standard_normal((30, n_classes))).argmax(axis=1)).ravel()
+    cut = int(0.7 * n)
+    return Dataset("sparse blobs", X[:cut], y[:cut], X[cut:], y[cut:], np.arange(n_classes), "sparse blobs")
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_workers_train_sparse_data_as_the_sequential_trainer_does(sync):
+    """Sparse X over shared memory: each worker's rows a CSR matrix over the shared arrays.
+
+    The sequential trainer defers the first layer's steps at gradient 0 (wasap.sparse_input.DeferredDecay)
+    where the server steps every weight, so one synchronous worker equals it up to float32 rounding.
+    """
+    data = _sparse_blobs()
+    assert data.is_sparse
+    config = TrainConfig(hidden=(48, 32), epsilon=4, epochs=4 if sync else 10, batch_size=32, seed=7, threads=1,
+                         workers=1 if sync else 2, sync=sync, warmup_epochs=0, importance_pruning=sync, ip_start=2,
+                         ip_every=2, activation="relu", alpha=None, lr=0.05, dropout=0.0)
+    sequential = SparseMLP.from_config(data.n_features, data.n_classes, config)
+    parallel = sequential.copy()
+    expected = fit(sequential, data, config.replace(workers=1), log=None, progress=False)
+    got = fit_parallel(parallel, data, config, log=None)
+    assert got["stopped"] == "completed"
+    if sync:
+        assert got["nnz_end"] == expected["nnz_end"] and got["nnz_end"] != got["nnz_start"]  # IP ran
+        for a, b in zip(sequential.layers, parallel.layers):
+            np.testing.assert_array_equal(a.indptr, b.indptr)
+            np.testing.assert_array_equal(a.indices, b.indices)
+            np.testing.assert_allclose(a.data, b.data, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(a.bias, b.bias, rtol=1e-4, atol=1e-5)
+        for e, g in zip(expected["history"], got["history"]):
+            assert abs(e["train_loss"] - g["train_loss"]) < 1e-4
+    else:
+        # Two asynchronous workers learn it about as well as one process does.
+        assert expected["best_test_accuracy"] > 0.8, "the problem should be learnable"
+        assert got["best_test_accuracy"] >= expected["best_test_accuracy"] - 0.06, (got["best_test_accuracy"],
+                                                                                    expected["best_test_accuracy"])
+
+
 def test_synchronous_runs_repeat_exactly_whatever_order_the_gradients_arrive_in():
     # Three workers: their gradients reach the server in an order that depends on timing. The average
     # sums them in worker order and the server draws each worker's next sample order in worker order,

@@ -24,7 +24,7 @@ from wasap.batches import SparseBatch, gather_transposed
 from wasap.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from wasap.config import TrainConfig
 from wasap.data import Dataset, load_dataset
-from wasap.memory import estimate_run
+from wasap.memory import estimate_parallel_config, estimate_run
 from wasap.model import SparseMLP
 from wasap.sparse_input import SETTLE_EVERY, DeferredDecay
 from wasap.train import fit
@@ -215,6 +215,17 @@ def test_the_memory_estimate_counts_the_nonzeros_of_a_sparse_input():
     assert sparse.total < dense.total - 4 * 100_000 * 11_000
 
 
+def test_the_parallel_memory_estimate_counts_the_nonzeros_of_a_sparse_input():
+    config = TrainConfig(hidden=(1000, 1000), epsilon=20, batch_size=128, workers=4)
+    shape = (100_000, 2, 10_000, 1_000)
+    dense = estimate_parallel_config(config, *shape)
+    sparse = estimate_parallel_config(config, *shape, sparse_row_nnz=100)
+    # The shared copy of the training rows: 4 bytes per feature and row dense, 8 a nonzero sparse.
+    assert dense.parts["shared blocks"] - sparse.parts["shared blocks"] >= 4 * 100_000 * 10_000 - 12 * 100 * 10_000
+    assert sparse.parts["server: data set"] <= 8 * 100 * 11_000 + 12 * 11_000
+    assert sparse.total < dense.total - 2 * 4 * 100_000 * 10_000
+
+
 def test_a_million_sparse_features_train_in_memory_far_below_one_dense_batch():
     n_features, n_rows, per_row, batch = 1_000_000, 512, 100, 128  # 0.01% nonzeros
     rng = np.random.default_rng(7)
@@ -314,15 +325,27 @@ def test_sparse_data_trains_with_the_sparse_defaults_where_no_flag_sets_them(tmp
     assert (config["batch_size"], config["activation"]) == (TrainConfig().batch_size, TrainConfig().activation)
 
 
-def test_several_workers_refuse_sparse_data_with_what_to_do(tmp_path):
+def test_several_workers_train_sparse_data_over_shared_memory_and_mpi_refuses_it(tmp_path):
     rng = np.random.default_rng(9)
     _svmlight_files(tmp_path, rng)
+    out = tmp_path / "run"
     completed = subprocess.run([sys.executable, "-m", "wasap.run", "--dataset", str(tmp_path / "train.svm"),
-                                "--workers", "2", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"],
+                                "--workers", "2", "--hidden", "32,32", "--epsilon", "10", "--epochs", "3",
+                                "--threads", "1", "--out", str(out), "--quiet"],
                                capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert completed.returncode == 2
-    assert "sparse X trains in one process" in completed.stderr and "--workers 1" in completed.stderr
-    assert "Traceback" not in completed.stderr
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "completed" and summary["parallel"]["workers"] == 2
+    assert summary["config"]["batch_size"] == 32  # the sparse defaults hold for the parallel trainer too
+
+    from wasap.data import DataError
+    from wasap.parallel import fit_parallel
+
+    data = load_dataset(str(tmp_path / "train.svm"))
+    config = TrainConfig(hidden=(16,), epsilon=5, epochs=1, workers=2, transport="mpi", threads=1)
+    model = SparseMLP.from_config(data.n_features, data.n_classes, config, warn=False)
+    with pytest.raises(DataError, match="drop --transport mpi"):
+        fit_parallel(model, data, config, log=None)
 
 
 def test_sparse_features_are_scaled_as_standard_scaler_without_mean_scales_them():

@@ -359,7 +359,8 @@ def estimate_config(config, n_features, n_outputs, n_train, n_test, *, fallback_
 
 
 def estimate_parallel_config(config, n_features, n_outputs, n_train, n_test, *, data_bytes=None,
-                             baseline=BASELINE_BYTES, worker_baseline=WORKER_BASELINE_BYTES, keep_versions=8):
+                             baseline=BASELINE_BYTES, worker_baseline=WORKER_BASELINE_BYTES, keep_versions=8,
+                             sparse_row_nnz=None):
     """Estimated peak memory of a WASAP-SGD run (:func:`wasap.parallel.fit_parallel`), all its processes together.
 
     The server holds the model, the last good snapshot and the one being evaluated,
@@ -376,36 +377,43 @@ def estimate_parallel_config(config, n_features, n_outputs, n_train, n_test, *, 
     n_features, n_outputs, n_train, n_test : int
     data_bytes : int, optional
         Bytes of the data set in the server (default: float32 features and int64 labels).
+    sparse_row_nnz : float, optional
+        For a sparse ``X`` (CSR), the mean nonzeros of its rows: the shared copy and the batches
+        take its nonzeros; None for dense ``X``.
 
     Returns
     -------
     MemoryEstimate
     """
     workers = int(config.workers)
+    sparse = sparse_row_nnz is not None
     sizes = [n_features, *config.hidden, n_outputs]
     nnz = network_nnz(sizes, config.epsilon)
     layers = list(zip(sizes, sizes[1:], nnz))
     weights = sum(layer_bytes(n_in, n_out, count) for n_in, n_out, count in layers)
     total_nnz, total_out = sum(nnz), sum(sizes[1:])
     if data_bytes is None:
-        data_bytes = 4 * (n_train + n_test) * n_features + 8 * (n_train + n_test)
+        data_bytes = (sparse_data_bytes(sparse_row_nnz, n_train + n_test) if sparse
+                      else 4 * (n_train + n_test) * n_features + 8 * (n_train + n_test))
+    shared_data = sparse_data_bytes(sparse_row_nnz, n_train) if sparse else 4 * n_train * n_features + 8 * n_train
     slots = 1 if config.sync else 2
     # Served layer: int64 indptr, int32 indices, float32 values and momentum; biases and their momentum.
     served = 12 * total_nnz + 8 * sum(n_in + 1 for n_in in sizes[:-1]) + 8 * total_out
     phase2 = config.phase2_start is not None and config.phase2_start <= config.epochs
-    shared = served + 4 * n_train * n_features + 8 * n_train + workers * slots * 4 * (total_nnz + total_out)
+    shared = served + shared_data + workers * slots * 4 * (total_nnz + total_out)
     if phase2:
         shared += workers * served
     partition = -(-n_train // workers)
     parts = {
         "server: model, last good and evaluated copies": 3 * weights,
-        "server: evaluation buffers": sum(evaluation_workspace_bytes(sizes, rows)
+        "server: evaluation buffers": sum(evaluation_workspace_bytes(sizes, rows, sparse)
                                           for rows in batch_sizes(n_test, eval_batch_size(sizes))),
         "server: topologies kept for stale gradients": 8 * total_nnz * min(keep_versions, max(1, config.epochs)),
         "server: data set": data_bytes,
         "shared blocks": shared,
         f"{workers} workers: model copies and batch buffers": workers * (weights + sum(
-            training_workspace_bytes(sizes, size) for size in batch_sizes(partition, config.batch_size))),
+            training_workspace_bytes(sizes, size, sparse) for size in batch_sizes(partition, config.batch_size))
+            + (sparse_batch_bytes(sizes, config.batch_size, sparse_row_nnz) if sparse else 0)),
         "interpreters": baseline + workers * worker_baseline,
     }
     if phase2:
@@ -665,7 +673,7 @@ def plan_run(config, data, *, budget=None, fallback_copy=False, log=None, availa
     def estimate(cfg):
         if cfg.workers > 1:
             return estimate_parallel_config(cfg, shape.n_features, shape.n_classes, shape.n_train, shape.n_test,
-                                            data_bytes=shape.nbytes)
+                                            data_bytes=shape.nbytes, sparse_row_nnz=shape.sparse_row_nnz)
         return estimate_config(cfg, shape.n_features, shape.n_classes, shape.n_train, shape.n_test,
                                fallback_copy=fallback_copy, data_bytes=shape.nbytes,
                                sparse_row_nnz=shape.sparse_row_nnz)

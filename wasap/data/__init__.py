@@ -18,7 +18,7 @@ high-dimensional sparse data, as scipy.sparse CSR: :func:`make_sparse_classifica
 found). Standardisation is in :mod:`wasap.preprocessing`.
 """
 
-from .validation import (DataError, check_dense_for_parallel, encode_labels, validate_features,
+from .validation import (DataError, check_dense_for_mpi, encode_labels, validate_features,
                          validate_training_data)
 from .dataset import Dataset
 from .readers import ACCEPTED_FORMATS, read_table, write_npz
@@ -32,7 +32,7 @@ __all__ = [
     "SYNTHETIC_CHUNKED_ABOVE",
     "DataError",
     "Dataset",
-    "check_dense_for_parallel",
+    "check_dense_for_mpi",
     "encode_labels",
     "load_dataset",
     "make_sparse_classification",

@@ -10,8 +10,10 @@ Every array lives in one :class:`~.shm.SharedBlocks` of the run, guarded by one
 slots, another its free replica slot.
 
 Shared layout: :func:`~.served.served_layout`'s arrays, and the training data once, laid out partition
-after partition (worker ``w``'s rows are one contiguous block): ``X`` (n, n_features) float32 and ``y``
-(n,) or (n, n_outputs).
+after partition (worker ``w``'s rows are one contiguous block): ``X`` (n, n_features) float32, or for a
+scipy.sparse ``X`` its CSR arrays ``X_indptr`` (n + 1,), ``X_indices`` and ``X_data`` (nnz,) (a
+worker's rows are then a CSR matrix over slices of them, nothing copied but its row pointers); and
+``y`` (n,) or (n, n_outputs).
 
 A dead server. The server holds the only write end of a "lifeline" pipe whose
 read end every worker polls; it reads as end-of-file once the server has died,
@@ -28,6 +30,7 @@ from multiprocessing.connection import wait as wait_for_connections
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 
 from ..optim import momentum_step
 from .messages import Activity, Command, Ready
@@ -72,6 +75,42 @@ class WorkerHandle:
         return SharedMemoryWorkerTransport(self)
 
 
+def _data_layout(X, y):
+    """The blocks of the training data: ``X`` itself, or a sparse ``X``'s CSR arrays, and ``y``."""
+    if scipy.sparse.issparse(X):
+        # The row pointers in the indices' dtype: a worker's rows are then a CSR matrix the kernels take as it is.
+        index = X.indices.dtype
+        return {"X_indptr": ((X.shape[0] + 1,), index), "X_indices": ((X.nnz,), index),
+                "X_data": ((X.nnz,), np.float32), "y": (y.shape, y.dtype)}
+    return {"X": (X.shape, np.float32), "y": (y.shape, y.dtype)}
+
+
+def _share_partitions(X, y, partitions, blocks):
+    """Copy the rows of each partition, in order, into the data blocks; returns each one's ``(start, stop)``."""
+    bounds = []
+    start = nonzeros = 0
+    sparse = scipy.sparse.issparse(X)
+    if sparse:
+        blocks["X_indptr"][0] = 0
+    for rows in partitions:
+        stop = start + len(rows)
+        if sparse:
+            part = X[rows]  # the partition's nonzeros, once: the blocks hold them after it
+            blocks["X_data"][nonzeros:nonzeros + part.nnz] = part.data
+            blocks["X_indices"][nonzeros:nonzeros + part.nnz] = part.indices
+            blocks["X_indptr"][start + 1:stop + 1] = part.indptr[1:] + nonzeros
+            nonzeros += part.nnz
+        else:
+            # Straight into the block: no temporary copy of the partition.
+            np.take(X, rows, axis=0, out=blocks["X"][start:stop])
+        np.take(y, rows, axis=0, out=blocks["y"][start:stop])
+        bounds.append((start, stop))
+        start = stop
+    if start != X.shape[0]:
+        raise ValueError(f"the partitions hold {start} rows of {X.shape[0]}; each row must be in one.")
+    return bounds
+
+
 class SharedMemoryTransport(ServedArraysServer):
     """The server's side of the shared-memory transport, and the owner of the blocks and the worker processes.
 
@@ -108,21 +147,11 @@ class SharedMemoryTransport(ServedArraysServer):
         self._stalled = set()
         layout = served_layout(model, n_workers=n_workers, n_slots=n_slots,
                                max_partition=max(len(p) for p in partitions), replicas=replicas)
-        layout.update({"X": (X.shape, np.float32), "y": (y.shape, y.dtype)})
+        layout.update(_data_layout(X, y))
         self.blocks = SharedBlocks.create(self.prefix, layout)
         try:
             b = self.blocks
-            self.bounds = []
-            start = 0
-            for rows in partitions:
-                stop = start + len(rows)
-                # Straight into the block: no temporary copy of the partition.
-                np.take(X, rows, axis=0, out=b["X"][start:stop])
-                np.take(y, rows, axis=0, out=b["y"][start:stop])
-                self.bounds.append((start, stop))
-                start = stop
-            if start != X.shape[0]:
-                raise ValueError(f"the partitions hold {start} rows of {X.shape[0]}; each row must be in one.")
+            self.bounds = _share_partitions(X, y, partitions, b)
             serve_model(b, model)
             self.locks = [context.Lock() for _ in range(self.n_layers)]
             self.slots = [context.Semaphore(n_slots) for _ in range(n_workers)]
@@ -388,9 +417,20 @@ class SharedMemoryWorkerTransport(WorkerTransport):
     # -- data and accounts -----------------------------------------------------------------------------
 
     def partition(self):
-        """Views of this worker's rows of the shared training data (contiguous, never copied)."""
+        """Views of this worker's rows of the shared training data (contiguous, never copied).
+
+        A sparse ``X`` comes as a CSR matrix over slices of the shared arrays, with row pointers of its own.
+        """
         start, stop = self.bounds
-        return self.blocks["X"][start:stop], self.blocks["y"][start:stop]
+        y = self.blocks["y"][start:stop]
+        if "X" in self.blocks.specs:
+            return self.blocks["X"][start:stop], y
+        indptr = self.blocks["X_indptr"][start:stop + 1]
+        first, last = int(indptr[0]), int(indptr[-1])
+        X = scipy.sparse.csr_matrix((self.blocks["X_data"][first:last], self.blocks["X_indices"][first:last],
+                                     indptr - indptr.dtype.type(first)), shape=(stop - start, self.sizes[0]),
+                                    copy=False)
+        return X, y
 
     def time_table(self):
         return self.blocks["times"][self.worker]

@@ -67,10 +67,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
+import scipy.sparse
 
 from ..checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer
 from ..config import TrainConfig
-from ..data import check_dense_for_parallel
+from ..data import check_dense_for_mpi
 from ..model import SparseMLP
 from ..profiling import CpuSampler, build_profile, format_profile_table, write_profile
 from ..records import RunRecorder, run_facts
@@ -153,7 +154,7 @@ def fit_parallel(model: SparseMLP, data, config: TrainConfig, *, out_dir: Option
     ------
     wasap.data.DataError
         Before anything starts, for data :func:`wasap.train.fit` refuses too (:func:`wasap.train.check_data`),
-        and for sparse features (:func:`wasap.data.check_dense_for_parallel`).
+        and for sparse features over MPI (:func:`wasap.data.check_dense_for_mpi`).
     WorkerFailed
         After writing the outputs, when a worker process died, or stalled (:class:`~.transport.WorkerStalled`);
         its ``summary`` attribute holds the run's summary.
@@ -163,7 +164,8 @@ def fit_parallel(model: SparseMLP, data, config: TrainConfig, *, out_dir: Option
     if start_method not in START_METHODS:
         raise ValueError(f"start_method must be one of {START_METHODS}; 'fork' is unsafe with numba's threads.")
     check_data(model, data)
-    check_dense_for_parallel(data)
+    if config.transport == "mpi":
+        check_dense_for_mpi(data)
     log = log or (lambda line: None)
     n_workers = resolve_workers(config.workers)
     if data.X_train.shape[0] < n_workers:
@@ -316,7 +318,8 @@ class _ParallelRun:
         """The run's transport (the only place that knows which one the run uses): the model and the
         training data in shared blocks, or in rank 0's MPI window with each worker rank's partition sent
         to it."""
-        X = np.asarray(self.data.X_train, dtype=np.float32)
+        X = self.data.X_train
+        X = X if scipy.sparse.issparse(X) else np.asarray(X, dtype=np.float32)
         y = np.asarray(self.data.y_train)
         options = dict(n_workers=self.n_workers, n_slots=self.n_slots, partitions=self.partitions,
                        replicas=self.phase2, stall_timeout=self.config.stall_timeout)

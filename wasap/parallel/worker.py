@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import scipy.sparse
 
 from ..augment import AUGMENT_STREAM, augment_batch, training_image_shape
 from ..batches import gather_transposed
@@ -137,9 +138,14 @@ def _warm_up(model, batch_size, X_part):
     A shared block's pages are mapped into a process on first touch; touching one value per 4 KiB
     page now keeps those page faults out of the first epoch's batches.
     """
-    flat = X_part.reshape(-1)
+    sparse = scipy.sparse.issparse(X_part)
+    flat = X_part.data if sparse else X_part.reshape(-1)
     float(flat[::1024].sum())
-    x_t = np.zeros((model.n_features, batch_size), dtype=np.float32)
+    if sparse:
+        x_t = gather_transposed(X_part, np.zeros(min(batch_size, X_part.shape[0]), dtype=np.int64))
+        batch_size = x_t.shape[1]
+    else:
+        x_t = np.zeros((model.n_features, batch_size), dtype=np.float32)
     target = np.zeros(batch_size, dtype=np.int64) if model.loss == "cross-entropy" else \
         np.zeros((model.n_outputs, batch_size), dtype=np.float32)
     grads = [np.empty(layer.nnz, dtype=np.float32) for layer in model.layers]
@@ -187,6 +193,7 @@ def _phase_one(transport, account, model, worker, n_workers, config, start):
     # Inside an order (a resumed synchronous run): the server has written that order again.
     order = transport.order(n_rows) if position < n_rows else None
     image_shape = training_image_shape(config, X)
+    sparse = scipy.sparse.issparse(X)
     account.charge("other")
     while True:
         if not transport.acquire_slot(WORKER_POLL):
@@ -205,8 +212,9 @@ def _phase_one(transport, account, model, worker, n_workers, config, start):
         batch_rows = order[position:position + config.batch_size]
         position += batch_rows.shape[0]
         # Into the workspace's 64-byte aligned buffer, as the sequential trainer does (the kernels'
-        # vector loads are slower across cache lines).
-        x_t = gather_transposed(X, batch_rows, model.workspace(batch_rows.shape[0], training=True).x_t)
+        # vector loads are slower across cache lines); a sparse batch is read in place.
+        x_t = gather_transposed(X, batch_rows, None if sparse else model.workspace(batch_rows.shape[0],
+                                                                                   training=True).x_t)
         if image_shape is not None:  # as the sequential trainer's step, to the bit
             augment_batch(x_t, image_shape,
                           np.random.default_rng(stream_seed(config.seed, AUGMENT_STREAM, step * n_workers + worker)))
