@@ -94,6 +94,27 @@ def test_two_synchronous_workers_give_the_same_model_over_mpi_as_over_shared_mem
     _assert_same_model(tmp_path / "shm", tmp_path / "mpi")
 
 
+def test_sparse_data_trains_the_same_over_mpi_as_over_shared_memory(tmp_path):
+    """Each worker rank receives its rows as CSR arrays and keeps them sparse, as a shared-memory worker does."""
+    import scipy.sparse
+    from sklearn.datasets import dump_svmlight_file
+
+    rng = np.random.default_rng(3)
+    X = scipy.sparse.random(900, 400, density=0.02, format="csr", random_state=rng,
+                            data_rvs=lambda k: rng.integers(1, 4, k).astype(float))
+    signal_sum = np.asarray(X[:, :40].sum(axis=1)).ravel()
+    y = (signal_sum > np.median(signal_sum)).astype(int)
+    dump_svmlight_file(X[:700], y[:700], str(tmp_path / "train.svm"))
+    dump_svmlight_file(X[700:], y[700:], str(tmp_path / "test.svm"))
+    flags = ("--dataset", f"{tmp_path / 'train.svm'},{tmp_path / 'test.svm'}", "--hidden", "32,32", "--epsilon", "5",
+             "--sync")
+    shared = _run(tmp_path / "shm", *flags, "--workers", "2")
+    assert shared.returncode == 0, shared.stderr
+    over_mpi = _run(tmp_path / "mpi", *flags, ranks=3)
+    assert over_mpi.returncode == 0, over_mpi.stdout + over_mpi.stderr
+    _assert_same_model(tmp_path / "shm", tmp_path / "mpi")
+
+
 def _scenario(tmp_path, name, ranks, path):
     """Run one of :mod:`mpi_ranks`'s scenarios; what rank 0 saved, by name."""
     out = tmp_path / f"{name}.npz"

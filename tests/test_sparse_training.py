@@ -325,7 +325,7 @@ def test_sparse_data_trains_with_the_sparse_defaults_where_no_flag_sets_them(tmp
     assert (config["batch_size"], config["activation"]) == (TrainConfig().batch_size, TrainConfig().activation)
 
 
-def test_several_workers_train_sparse_data_over_shared_memory_and_mpi_refuses_it(tmp_path):
+def test_several_workers_train_sparse_data_over_shared_memory(tmp_path):
     rng = np.random.default_rng(9)
     _svmlight_files(tmp_path, rng)
     out = tmp_path / "run"
@@ -337,15 +337,6 @@ def test_several_workers_train_sparse_data_over_shared_memory_and_mpi_refuses_it
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "completed" and summary["parallel"]["workers"] == 2
     assert summary["config"]["batch_size"] == 32  # the sparse defaults hold for the parallel trainer too
-
-    from wasap.data import DataError
-    from wasap.parallel import fit_parallel
-
-    data = load_dataset(str(tmp_path / "train.svm"))
-    config = TrainConfig(hidden=(16,), epsilon=5, epochs=1, workers=2, transport="mpi", threads=1)
-    model = SparseMLP.from_config(data.n_features, data.n_classes, config, warn=False)
-    with pytest.raises(DataError, match="drop --transport mpi"):
-        fit_parallel(model, data, config, log=None)
 
 
 def test_sparse_features_are_scaled_as_standard_scaler_without_mean_scales_them():

@@ -18,8 +18,7 @@ high-dimensional sparse data, as scipy.sparse CSR: :func:`make_sparse_classifica
 found). Standardisation is in :mod:`wasap.preprocessing`.
 """
 
-from .validation import (DataError, check_dense_for_mpi, encode_labels, validate_features,
-                         validate_training_data)
+from .validation import DataError, encode_labels, validate_features, validate_training_data
 from .dataset import Dataset
 from .readers import ACCEPTED_FORMATS, read_table, write_npz
 from .synthetic import SYNTHETIC_CHUNKED_ABOVE
@@ -32,7 +31,6 @@ __all__ = [
     "SYNTHETIC_CHUNKED_ABOVE",
     "DataError",
     "Dataset",
-    "check_dense_for_mpi",
     "encode_labels",
     "load_dataset",
     "make_sparse_classification",

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-__all__ = ["DataError", "check_dense_for_mpi", "check_splits", "encode_labels", "validate_features",
-           "validate_training_data"]
+__all__ = ["DataError", "check_splits", "encode_labels", "validate_features", "validate_training_data"]
 
 # Row blocks of about 4 MiB keep temporaries small (and cache-resident) when passing over big matrices.
 _CHUNK_BYTES = 1 << 22
@@ -133,20 +132,6 @@ def _raise_if_not_finite_sparse(X, name: str) -> None:
             f"column {int(X.indices[position])}. Drop those samples or impute the values; values beyond "
             "float32's range (about 3.4e38) also become infinite."
         )
-
-
-def check_dense_for_mpi(data) -> None:
-    """Refuse a :class:`~wasap.data.Dataset` of sparse features for WASAP-SGD over MPI.
-
-    Raises
-    ------
-    DataError
-        When ``data.X_train`` is a scipy.sparse matrix: the MPI transport sends dense partitions (the
-        shared-memory transport on one machine takes sparse ones).
-    """
-    if scipy.sparse.issparse(data.X_train):
-        raise DataError(f"{data.name}: sparse X trains over shared memory on one machine, not over MPI yet: drop "
-                        "--transport mpi (workers on this machine's cores keep X sparse).")
 
 
 def _check_feature_shape(array: np.ndarray, name: str) -> None:

@@ -50,6 +50,7 @@ import threading
 import time
 
 import numpy as np
+import scipy.sparse
 
 from ..config import ConfigError
 from ..model import SparseLayer, SparseMLP
@@ -196,6 +197,37 @@ def _receive_array(comm, shape, dtype, source):
     for start in range(0, max(flat.shape[0], 1), CHUNK):
         comm.Recv([flat[start:start + CHUNK], MPI.BYTE], source=source, tag=_TAG_DATA)
     return array
+
+
+def _partition_spec(X, rows):
+    """What a worker allocates for its rows ``rows`` of ``X``: their shape, and a sparse ``X``'s nonzeros."""
+    shape = (len(rows), X.shape[1])
+    if scipy.sparse.issparse(X):
+        return dict(shape=shape, nnz=int(np.diff(X.indptr)[rows].sum()), index_dtype=X.indices.dtype.str)
+    return dict(shape=shape)
+
+
+def _send_partition(comm, X, rows, dest):
+    """The rows ``rows`` of ``X`` to rank ``dest``: dense, or a sparse ``X``'s CSR arrays of them."""
+    if not scipy.sparse.issparse(X):
+        _send_array(comm, np.asarray(X[rows], dtype=np.float32), dest)
+        return
+    part = X[rows]
+    index = X.indices.dtype
+    for array in (part.indptr.astype(index, copy=False), part.indices.astype(index, copy=False), part.data):
+        _send_array(comm, array, dest)
+
+
+def _receive_partition(comm, spec, source):
+    """A worker's rows as :func:`_send_partition` sent them: an array, or a CSR matrix of float32 values."""
+    n_rows, n_features = spec["shape"]
+    if "nnz" not in spec:
+        return _receive_array(comm, spec["shape"], np.float32, source)
+    index = np.dtype(spec["index_dtype"])
+    indptr = _receive_array(comm, (n_rows + 1,), index, source)
+    indices = _receive_array(comm, (spec["nnz"],), index, source)
+    data = _receive_array(comm, (spec["nnz"],), np.float32, source)
+    return scipy.sparse.csr_matrix((data, indices, indptr), shape=(n_rows, n_features), copy=False)
 
 
 def _mpi_type(dtype):
@@ -410,7 +442,7 @@ class MpiServerTransport(ServedArraysServer):
         layout["usage"] = ((n_workers, 3), np.float64)
         for w, rows in enumerate(partitions):
             setup = dict(layout=layout, worker=w, n_slots=n_slots, sizes=self.sizes, model_kind=self.model_kind,
-                         X=((len(rows), X.shape[1]), np.float32), y=((len(rows),) + y.shape[1:], y.dtype))
+                         X=_partition_spec(X, rows), y=((len(rows),) + y.shape[1:], y.dtype))
             self.comm.send(("run", setup), dest=w + 1, tag=_TAG_SETUP)
         _setup_sent = True
         self.arrays = WindowArrays(self.comm, layout)
@@ -419,7 +451,7 @@ class MpiServerTransport(ServedArraysServer):
         self.blocks["locks"][...] = 0
         self.visible()
         for w, rows in enumerate(partitions):
-            _send_array(self.comm, np.asarray(X[rows], dtype=np.float32), w + 1)
+            _send_partition(self.comm, X, rows, w + 1)
             _send_array(self.comm, np.asarray(y[rows]), w + 1)
         self._progress_stop = threading.Event()
         self._progress = None
@@ -932,7 +964,7 @@ def join_run(comm):
     if kind == "end":
         return int(setup)
     arrays = WindowArrays(comm, setup["layout"])
-    X = _receive_array(comm, *setup["X"], source=0)
+    X = _receive_partition(comm, setup["X"], source=0)
     y = _receive_array(comm, *setup["y"], source=0)
     comm.send((socket.gethostname(), os.getpid()), dest=0, tag=_TAG_HELLO)
     kind, start_message = _wait_for_message(comm, 0, _TAG_SETUP)

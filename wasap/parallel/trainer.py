@@ -71,7 +71,6 @@ import scipy.sparse
 
 from ..checkpoint import CHECKPOINT_FILE, DEFAULT_EVERY, Checkpointer
 from ..config import TrainConfig
-from ..data import check_dense_for_mpi
 from ..model import SparseMLP
 from ..profiling import CpuSampler, build_profile, format_profile_table, write_profile
 from ..records import RunRecorder, run_facts
@@ -153,8 +152,7 @@ def fit_parallel(model: SparseMLP, data, config: TrainConfig, *, out_dir: Option
     Raises
     ------
     wasap.data.DataError
-        Before anything starts, for data :func:`wasap.train.fit` refuses too (:func:`wasap.train.check_data`),
-        and for sparse features over MPI (:func:`wasap.data.check_dense_for_mpi`).
+        Before anything starts, for data :func:`wasap.train.fit` refuses too (:func:`wasap.train.check_data`).
     WorkerFailed
         After writing the outputs, when a worker process died, or stalled (:class:`~.transport.WorkerStalled`);
         its ``summary`` attribute holds the run's summary.
@@ -164,8 +162,6 @@ def fit_parallel(model: SparseMLP, data, config: TrainConfig, *, out_dir: Option
     if start_method not in START_METHODS:
         raise ValueError(f"start_method must be one of {START_METHODS}; 'fork' is unsafe with numba's threads.")
     check_data(model, data)
-    if config.transport == "mpi":
-        check_dense_for_mpi(data)
     log = log or (lambda line: None)
     n_workers = resolve_workers(config.workers)
     if data.X_train.shape[0] < n_workers:
