@@ -22,7 +22,7 @@ from test_parallel import REPO
 from test_resume import _same_model, interrupted_at_batch
 from wasap.batches import SparseBatch, gather_transposed
 from wasap.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from wasap.config import TrainConfig
+from wasap.config import TrainConfig, sparse_batch_size
 from wasap.data import Dataset, load_dataset
 from wasap.memory import estimate_parallel_config, estimate_run
 from wasap.model import SparseMLP
@@ -295,11 +295,25 @@ def test_the_command_line_trains_on_svmlight_files_and_predicts_them_sparse(tmp_
     assert set(expected) <= {-1, 1} and "accuracy:" in completed.stdout + completed.stderr
 
 
+def test_the_sparse_batch_size_gives_small_sets_fifty_steps_an_epoch_in_batches_of_8_to_32():
+    for n_train, batch in [(1, 8), (399, 8), (400, 8), (449, 8), (450, 9), (1000, 20), (1599, 31), (1600, 32),
+                           (10 ** 6, 32)]:
+        assert sparse_batch_size(n_train) == batch, n_train
+    assert TrainConfig().for_sparse_input(1000).batch_size == 20
+    assert TrainConfig().for_sparse_input().batch_size == 32
+
+
+#: The batch size for the 320 training rows of _svmlight_files: 320 // 50 = 6 steps' worth, raised to 8.
+SMALL_SET_BATCH = 8
+
+
 @pytest.mark.parametrize("flags, expected", [
-    ([], dict(batch_size=32, activation="relu", alpha=None)),
+    ([], dict(batch_size=SMALL_SET_BATCH, activation="relu", alpha=None)),
     (["--batch-size", "64"], dict(batch_size=64, activation="relu", alpha=None)),
-    (["--activation", "all-relu"], dict(batch_size=32, activation="all-relu", alpha=TrainConfig().alpha)),
-    (["--activation", "all-relu", "--alpha", "0.3"], dict(batch_size=32, activation="all-relu", alpha=0.3)),
+    (["--activation", "all-relu"], dict(batch_size=SMALL_SET_BATCH, activation="all-relu",
+                                        alpha=TrainConfig().alpha)),
+    (["--activation", "all-relu", "--alpha", "0.3"], dict(batch_size=SMALL_SET_BATCH, activation="all-relu",
+                                                          alpha=0.3)),
 ])
 def test_sparse_data_trains_with_the_sparse_defaults_where_no_flag_sets_them(tmp_path, capsys, flags, expected):
     from wasap.run import main
@@ -336,7 +350,8 @@ def test_several_workers_train_sparse_data_over_shared_memory(tmp_path):
     assert completed.returncode == 0, completed.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "completed" and summary["parallel"]["workers"] == 2
-    assert summary["config"]["batch_size"] == 32  # the sparse defaults hold for the parallel trainer too
+    # The sparse defaults hold for the parallel trainer too: the file's 224 training rows (70%) in batches of 8.
+    assert summary["config"]["batch_size"] == SMALL_SET_BATCH
 
 
 def test_sparse_features_are_scaled_as_standard_scaler_without_mean_scales_them():

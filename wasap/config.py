@@ -38,7 +38,12 @@ WIDTH_AWARE_OUTPUT_LR_TIMES_INPUTS = 50.0
 WIDTH_AWARE_KEYS = ("activation", "init", "zero_output", "lr", "output_lr", "dropout", "weight_decay")
 #: What :meth:`TrainConfig.for_sparse_input` sets: on bag-of-words data a first-layer neuron sees about one
 #: nonzero input a sample, and more, smaller steps and plain ReLU learn more from it (docs/sparse-data.md).
+#: The batch size is the largest; smaller training sets get smaller batches (:func:`sparse_batch_size`).
 SPARSE_INPUT_DEFAULTS = dict(batch_size=32, activation="relu")
+#: :func:`sparse_batch_size`: steps an epoch that a small sparse training set is given, down to batches of
+#: ``SPARSE_MIN_BATCH`` rows (400 text rows learnt as a tuned linear model does in batches of 8, not of 32).
+SPARSE_STEPS_PER_EPOCH = 50
+SPARSE_MIN_BATCH = 8
 #: The paper's weight decay per step, ``lr * weight_decay = 0.01 * 2e-4``, kept whatever the rate.
 _PAPER_DECAY_PER_STEP = 2e-6
 
@@ -47,6 +52,21 @@ SECTIONS = ("network", "training", "parallel")
 #: Keys that configs saved by earlier versions of wasap carry and this one no longer has:
 #: :meth:`TrainConfig.from_dict` drops them, so that those files still load.
 _RETIRED_KEYS = ("extra",)
+
+
+def sparse_batch_size(n_train: int) -> int:
+    """The batch size for sparse data of ``n_train`` training rows.
+
+    :data:`SPARSE_INPUT_DEFAULTS`'s, or fewer rows for a small set so that an epoch takes at least
+    :data:`SPARSE_STEPS_PER_EPOCH` steps, but never fewer than :data:`SPARSE_MIN_BATCH`.
+
+    Examples
+    --------
+    >>> sparse_batch_size(8887), sparse_batch_size(1000), sparse_batch_size(400), sparse_batch_size(50)
+    (32, 20, 8, 8)
+    """
+    largest = SPARSE_INPUT_DEFAULTS["batch_size"]
+    return int(min(largest, max(SPARSE_MIN_BATCH, int(n_train) // SPARSE_STEPS_PER_EPOCH)))
 
 
 class ConfigError(ValueError):
@@ -416,7 +436,7 @@ class TrainConfig:
         output_ratio = None if self.output_lr is None else self.output_lr / self.lr
         return LayerRates(lr_fan_in=self.lr_fan_in, output_ratio=output_ratio)
 
-    def for_sparse_input(self, keep: Iterable[str] = ()) -> "TrainConfig":
+    def for_sparse_input(self, n_train: int | None = None, keep: Iterable[str] = ()) -> "TrainConfig":
         """This config with the defaults for sparse input (:data:`SPARSE_INPUT_DEFAULTS`), but for ``keep``.
 
         The command line trains sparse data so where ``--batch-size`` and ``--activation`` are not
@@ -424,20 +444,27 @@ class TrainConfig:
 
         Parameters
         ----------
+        n_train : int, optional
+            Training rows: the batch size is :func:`sparse_batch_size` of them (default: the largest).
         keep : iterable of str
             Names whose values stay (the hyperparameters set explicitly). ``alpha`` is dropped with
             All-ReLU unless kept.
 
         Examples
         --------
-        >>> config = TrainConfig().for_sparse_input()
+        >>> config = TrainConfig().for_sparse_input(5000)
         >>> config.batch_size, config.activation, config.alpha
         (32, 'relu', None)
-        >>> TrainConfig(batch_size=64).for_sparse_input(keep={"batch_size"}).batch_size
+        >>> TrainConfig().for_sparse_input(400).batch_size
+        8
+        >>> TrainConfig(batch_size=64).for_sparse_input(400, keep={"batch_size"}).batch_size
         64
         """
         keep = set(keep)
-        changes = {name: value for name, value in SPARSE_INPUT_DEFAULTS.items() if name not in keep}
+        defaults = dict(SPARSE_INPUT_DEFAULTS)
+        if n_train is not None:
+            defaults["batch_size"] = sparse_batch_size(n_train)
+        changes = {name: value for name, value in defaults.items() if name not in keep}
         if changes.get("activation", self.activation) != "all-relu" and "alpha" not in keep:
             changes["alpha"] = None
         return self.replace(**changes)

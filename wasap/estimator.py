@@ -376,9 +376,9 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
     Pipeline), as the paper standardises every data set; sparse counts, tf-idf or indicators learn best as
     they are (per-feature scaling by the std, ``StandardScaler(with_mean=False)``, multiplies rare features
     by about ``1 / sqrt(frequency)``: docs/sparse-data.md), and sparse features of other magnitudes take
-    ``StandardScaler(with_mean=False)``. On such data ``batch_size=32, activation="relu"``
-    (:data:`wasap.config.SPARSE_INPUT_DEFAULTS`, what the command line uses for sparse data) learn better
-    than the paper's settings; the parameters are taken as given, so pass them. Sparse ``X`` trains in one
+    ``StandardScaler(with_mean=False)``. On such data ``activation="relu"`` and ``batch_size`` of
+    :func:`wasap.config.sparse_batch_size` (32, fewer for small sets; what the command line uses for
+    sparse data) learn better than the paper's settings; the parameters are taken as given, so pass them. Sparse ``X`` trains in one
     process: ``workers > 1`` refuses it.
 
     When training stops early:

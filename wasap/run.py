@@ -491,7 +491,7 @@ def _train(args, argv, comm=None):
         say(f"data: {data.description or data.name}")
         if data.is_sparse and state is None:
             explicit = explicit_flags(command_line)
-            sparse_config = config.for_sparse_input(keep=explicit)
+            sparse_config = config.for_sparse_input(data.n_train, keep=explicit)
             if sparse_config != config:
                 config = sparse_config
                 say(f"sparse input: batch size {config.batch_size}, activation {config.activation} "
