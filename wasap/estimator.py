@@ -78,6 +78,10 @@ class _ContinuedTrainer:
     def train_epoch(self, X, y, *, progress=None):
         return self.trainer.train_epoch(X, y, progress=progress)
 
+    @property
+    def settled(self):
+        return self.trainer.settled
+
     def end_of_epoch(self, epoch, last):
         self.trainer.end_of_epoch(self.epochs_done + epoch, last)
 
