@@ -156,7 +156,8 @@ def _finish(splits: Splits, *, standardize: bool | None) -> Dataset:
     )
     if data.is_sparse:
         data.description += ("; scaled without centering (sparse input)" if standardize_features else
-                             "; values kept as they are (sparse input; standardize to scale them without centering)")
+                             "; values kept as they are (sparse input; --standardize, standardize=True, "
+                             "scales them without centering)")
     return data
 
 
