@@ -339,6 +339,35 @@ def test_sparse_data_trains_with_the_sparse_defaults_where_no_flag_sets_them(tmp
     assert (config["batch_size"], config["activation"]) == (TrainConfig().batch_size, TrainConfig().activation)
 
 
+def test_a_resumed_sparse_run_loads_its_data_as_the_run_did(tmp_path):
+    from wasap.checkpoint import save_checkpoint
+    from wasap.run import main, resume_point
+
+    _svmlight_files(tmp_path, np.random.default_rng(13))
+    pair = f"{tmp_path / 'train.svm'},{tmp_path / 'test.svm'}"
+    out = tmp_path / "run"
+    assert main(["--dataset", pair, "--hidden", "16", "--epsilon", "5", "--epochs", "2", "--threads", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["standardized"] is False
+    # As if the run had been stopped after its last checkpoint.
+    (out / "summary.json").write_text(json.dumps(dict(summary, stopped="interrupted")))
+    args, _, state = resume_point(str(out), ["--resume", str(out)])
+    assert state["run"]["standardized"] is False and args.standardize is False
+    # A checkpoint that does not record it: the description of the data in summary.json says how the run
+    # scaled them.
+    model, state = load_checkpoint(out / CHECKPOINT_FILE)
+    save_checkpoint(out / CHECKPOINT_FILE, model, dict(state, run=dict(command_line=state["run"]["command_line"])))
+    for description, expected in [("x.svm: ...; scaled without centering (sparse input)", True),
+                                  ("x.svm: ...; values kept as they are (sparse input)", None)]:
+        (out / "summary.json").write_text(json.dumps(dict(summary, stopped="interrupted", dataset=description)))
+        assert resume_point(str(out), ["--resume", str(out)])[0].standardize is expected
+    # Given on the command line, the flag is what counts.
+    save_checkpoint(out / CHECKPOINT_FILE, model, dict(state, run=dict(
+        standardized=False, command_line=[*state["run"]["command_line"], "--standardize"])))
+    assert resume_point(str(out), ["--resume", str(out)])[0].standardize is True
+
+
 def test_several_workers_train_sparse_data_over_shared_memory(tmp_path):
     rng = np.random.default_rng(9)
     _svmlight_files(tmp_path, rng)

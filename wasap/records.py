@@ -123,10 +123,12 @@ def _lock_folder(out_dir):
 
 
 def run_facts(data=None, command_line=None):
-    """What summary.json records about how a run was started: data set, wasap version, time, command line."""
+    """What summary.json records about how a run was started: data set, whether its features were standardised
+    (what ``--resume`` loads them as), wasap version, time, command line."""
     from . import __version__
 
     return dict(dataset=None if data is None else (getattr(data, "description", "") or getattr(data, "name", None)),
+                standardized=None if data is None else getattr(data, "feature_scale", None) is not None,
                 wasap_version=__version__,
                 started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command_line=command_line)
@@ -262,7 +264,8 @@ class RunRecorder:
         """
         state = dict(epoch=self.history[-1]["epoch"] if self.history else 0, trainer=trainer_state,
                      history=self.history, nnz_start=self.nnz_start, elapsed_seconds=self.elapsed_seconds(),
-                     config=self.config.to_dict(), run=dict(command_line=command_line))
+                     config=self.config.to_dict(),
+                     run=dict(command_line=command_line, standardized=self.extra.get("standardized")))
         self.guarded_write(lambda: checkpoints.write(model, state, classes=classes), checkpoints.path)
 
     def close(self):

@@ -415,12 +415,14 @@ def resume_point(out_dir: str, argv: Sequence[str]) -> tuple:
         raise CheckpointError(f"--resume continues a run with its own flags; remove {flags} (only --quiet may "
                               "be added), or start a new run in a new folder.")
     summary_path = os.path.join(out_dir, "summary.json")
+    summary = {}
     if os.path.exists(summary_path):
         try:
             with open(summary_path) as stream:
-                stopped = json.load(stream).get("stopped")
+                summary = json.load(stream)
+            stopped = summary.get("stopped")
         except (OSError, ValueError, AttributeError):
-            stopped = None
+            summary, stopped = {}, None
         if stopped == "completed":
             raise CheckpointError(f"the run in {out_dir!r} completed all its epochs (summary.json); there is "
                                   "nothing to continue. Start a new run with more --epochs in a new folder.")
@@ -432,6 +434,14 @@ def resume_point(out_dir: str, argv: Sequence[str]) -> tuple:
                               "wasap.train.fit(..., resume=state).")
     args = build_parser().parse_args(command_line)
     args.out, args.resume, args.quiet = out_dir, out_dir, args.quiet or "quiet" in explicit_flags(argv)
+    if args.standardize is None:
+        # The data are loaded as the run loaded them, whatever the default for their kind is now. Checkpoints
+        # that do not record it come from versions that standardised sparse data too, and said so in the
+        # data set's description in summary.json.
+        recorded = (state.get("run") or {}).get("standardized")
+        if recorded is None and "scaled without centering" in str(summary.get("dataset") or ""):
+            recorded = True
+        args.standardize = recorded
     return args, model, state
 
 
