@@ -45,6 +45,14 @@ def test_pipeline_on_digits_reaches_90_percent(tmp_path):
     assert _number(r"test accuracy: ([0-9.]+)", out) >= 0.9
 
 
+def test_sparse_bag_of_words_learns_at_least_as_the_linear_model(tmp_path):
+    out = _run([EXAMPLES / "sparse_bag_of_words.py", "--quick"], tmp_path)
+    wasap = _number(r"wasap test accuracy: ([0-9.]+)", out)
+    linear = _number(r"regression test accuracy: ([0-9.]+)", out)
+    assert wasap >= 0.7 and wasap >= linear - 0.02, out
+    assert "bytes as CSR" in out
+
+
 def test_grid_search_on_madelon(tmp_path):
     out = _run([EXAMPLES / "grid_search_madelon.py", "--quick"], tmp_path)
     best = re.search(r"best params: (\{.*\})", out).group(1)
