@@ -382,8 +382,8 @@ class SparseMLPClassifier(ClassifierMixin, _BaseSparseMLP):
     by about ``1 / sqrt(frequency)``: docs/sparse-data.md), and sparse features of other magnitudes take
     ``StandardScaler(with_mean=False)``. On such data ``activation="relu"`` and ``batch_size`` of
     :func:`wasap.config.sparse_batch_size` (32, fewer for small sets; what the command line uses for
-    sparse data) learn better than the paper's settings; the parameters are taken as given, so pass them. Sparse ``X`` trains in one
-    process: ``workers > 1`` refuses it.
+    sparse data) learn better than the paper's settings; the parameters are taken as given, so pass them.
+    With ``workers > 1`` the workers keep a sparse ``X`` sparse too.
 
     When training stops early:
 

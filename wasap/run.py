@@ -499,22 +499,22 @@ def _train(args, argv, comm=None):
                             standardize=args.standardize, n_samples=args.n_samples,
                             n_features=args.n_features, n_classes=args.n_classes)
         say(f"data: {data.description or data.name}")
+        explicit = explicit_flags(command_line)
         if data.is_sparse and state is None:
-            explicit = explicit_flags(command_line)
             sparse_config = config.for_sparse_input(data.n_train, keep=explicit)
             if sparse_config != config:
                 config = sparse_config
                 say(f"sparse input: batch size {config.batch_size}, activation {config.activation} "
                     "(the defaults for sparse data; --batch-size and --activation set them)")
         if args.recipe == "width-aware" and state is None:
-            config = apply_recipe(config, data.n_classes, explicit_flags(command_line))
+            config = apply_recipe(config, data.n_classes, explicit)
             say(f"recipe width-aware: activation {config.activation}, init {config.init}, lr {config.lr:.4g}, "
                 f"output lr {config.output_lr:.4g}, dropout {config.dropout:g}")
         if comm is not None and state is None:
             from .parallel.mpi_transport import launched_workers
 
-            explicit = "workers" in explicit_flags(command_line) and args.workers != "auto"
-            config = config.replace(workers=launched_workers(comm, config.workers, explicit))
+            explicit_workers = "workers" in explicit and args.workers != "auto"
+            config = config.replace(workers=launched_workers(comm, config.workers, explicit_workers))
         warn_about_plan(config, data.n_train)
         init_seconds = None
         if state is None:
